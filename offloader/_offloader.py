@@ -1,0 +1,815 @@
+"""`Offloader`: carries out directives with httpx.
+
+The pure steps (parsing, checking the destination, building the offload
+request and the final headers) are plain functions of their inputs. The
+I/O steps come in a sync and an async form, each a short loop around
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Iterator,
+    Sequence,
+)
+from typing import Literal, TypeVar
+
+import httpx
+
+from ._directive import OffloadDirective
+from ._errors import (
+    BodyTooLarge,
+    InvalidDirective,
+    OffloadCapacityExceeded,
+    OffloadError,
+    OffloadRequestFailed,
+    OffloadTimeout,
+)
+from ._events import OffloadEvent, OffloadObserver
+from ._headers import HOP_BY_HOP_HEADERS, connection_named_headers
+from ._parsers import DirectiveParser, OffloadHeaderParser, ParserChain
+from ._policy import DestinationPolicy
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "Offloader",
+    "amodify_response",
+    "modify_response",
+]
+
+logger = logging.getLogger("offloader")
+
+#: Per-operation timeouts of offload requests. The offload's total
+#: deadline (`Offloader.deadline`, or the directive's timeout) caps them.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0, pool=5.0)
+
+#: One pool per offloader, sized for thousands of concurrent offloads.
+DEFAULT_LIMITS = httpx.Limits(
+    max_connections=10_000,
+    max_keepalive_connections=256,
+    keepalive_expiry=15.0,
+)
+
+_T = TypeVar("_T")
+
+
+class _Flight:
+    """The book-keeping of one offload, from start to last byte."""
+
+    __slots__ = (
+        "bytes_received",
+        "finished",
+        "method",
+        "started",
+        "status_code",
+        "url",
+    )
+
+    def __init__(self, method: str, url: str) -> None:
+        self.method = method
+        self.url = url
+        self.started = time.monotonic()
+        self.status_code: int | None = None
+        self.bytes_received = 0
+        self.finished = False
+
+
+def _map_error(exc: BaseException, url: str) -> OffloadError:
+    """Turn what the I/O raised into the error type callers expect."""
+    if isinstance(exc, OffloadError):
+        return exc
+    if isinstance(exc, httpx.PoolTimeout):
+        return OffloadCapacityExceeded(
+            f"no pooled connection to {url} became free in time"
+        )
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return OffloadTimeout(f"offload to {url} timed out: {exc!r}")
+    return OffloadRequestFailed(f"offload to {url} failed: {exc!r}")
+
+
+def _clean_headers(
+    raw: list[tuple[bytes, bytes]],
+    strip_prefixes: tuple[bytes, ...],
+    extra: list[tuple[bytes, bytes]],
+) -> httpx.Headers:
+    """Drop hop-by-hop and directive headers, then add *extra*."""
+    named = connection_named_headers(
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in raw
+        if name.lower() == b"connection"
+    )
+    kept = [
+        (name, value)
+        for name, value in raw
+        if not name.lower().startswith(strip_prefixes)
+        and name.decode("latin-1").lower() not in HOP_BY_HOP_HEADERS
+        and name.decode("latin-1").lower() not in named
+    ]
+    return httpx.Headers(kept + extra)
+
+
+class Offloader:
+    """Carries out offload directives found in backend responses.
+
+    Args:
+        parsers: Directive parsers, tried in order; by default the
+            ``Offload-*`` parser.
+        transport: The httpx transport for sync offload requests. By
+            default the offloader makes its own, with *limits*, no proxy
+            from the environment, and no retries.
+        async_transport: The same for async offload requests.
+        client: Send sync offload requests through this client instead of
+            a transport. Its event hooks and auth apply; redirects are
+            still not followed.
+        async_client: The same for async offload requests.
+        timeout: Per-operation timeouts (connect, read, write, pool).
+        deadline: The total time in seconds an offload may take, from
+            the directive to the last byte of the offload response. It is
+            also the cap of a directive's own ``timeout``.
+        max_hops: How many offloads one response may lead to. With the
+            default 1, an offload response that asks for an offload
+            itself is relayed as is (without its ``Offload-*`` headers).
+        max_offloads: The most offloads in flight at once; past it,
+            `OffloadCapacityExceeded` (503). `None` for no limit.
+        max_forward_body_size: The most bytes of a backend body that may
+            be forwarded; past it, `BodyTooLarge` (502). `None` for no
+            limit.
+        policy: Where offload requests may go; by default any http or
+            https URL.
+        limits: Connection limits of the transports this offloader
+            makes.
+        drain_limit: A backend body that is not forwarded is read up to
+            this many bytes so that its connection can be reused, then
+            closed.
+        observers: Callables that receive an `OffloadEvent` on each
+            start, finish and error.
+        strip_header_prefixes: Header-name prefixes removed from every
+            final response, beside ``offload-`` and the parsers' own.
+
+    An offloader owns the transports it makes: close it with `close` or
+    `aclose`, or use it as a (sync or async) context manager.
+    """
+
+    def __init__(
+        self,
+        *,
+        parsers: Sequence[DirectiveParser] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.Client | None = None,
+        async_client: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        deadline: float = 30.0,
+        max_hops: int = 1,
+        max_offloads: int | None = None,
+        max_forward_body_size: int | None = None,
+        policy: DestinationPolicy | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        drain_limit: int = 64 * 1024,
+        observers: Sequence[OffloadObserver] = (),
+        strip_header_prefixes: Sequence[str] = (),
+    ) -> None:
+        if deadline <= 0:
+            raise ValueError("deadline must be positive")
+        if max_hops < 1:
+            raise ValueError("max_hops must be at least 1")
+        if max_offloads is not None and max_offloads < 1:
+            raise ValueError("max_offloads must be at least 1")
+        parsers = tuple(parsers or (OffloadHeaderParser(),))
+        self._parser: DirectiveParser = (
+            parsers[0] if len(parsers) == 1 else ParserChain(*parsers)
+        )
+        prefixes = {"offload-": None}
+        for prefix in getattr(self._parser, "header_prefixes", ()):
+            prefixes[prefix.lower()] = None
+        for prefix in strip_header_prefixes:
+            prefixes[prefix.lower()] = None
+        self._strip_prefixes = tuple(p.encode("latin-1") for p in prefixes)
+        self._transport = transport
+        self._async_transport = async_transport
+        self._client = client
+        self._async_client = async_client
+        self._owns_transport = transport is None and client is None
+        self._owns_async_transport = (
+            async_transport is None and async_client is None
+        )
+        self.timeout = httpx.Timeout(timeout)
+        self.deadline = float(deadline)
+        self.max_hops = max_hops
+        self.max_offloads = max_offloads
+        self.max_forward_body_size = max_forward_body_size
+        self.policy = policy or DestinationPolicy()
+        self.limits = limits
+        self.drain_limit = drain_limit
+        self.observers = tuple(observers)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Offloader parser={self._parser!r} deadline={self.deadline}"
+            f" max_hops={self.max_hops} in_flight={self._in_flight}>"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """The number of offloads started and not yet finished."""
+        return self._in_flight
+
+    # -- the pure steps -------------------------------------------------
+
+    def parse(self, headers: httpx.Headers) -> OffloadDirective | None:
+        """Return the directive in *headers*, using this offloader's
+        parsers, or `None`."""
+        return self._parser.parse(headers)
+
+    def build_request(
+        self,
+        directive: OffloadDirective,
+        *,
+        content: Iterator[bytes] | AsyncIterator[bytes] | None = None,
+        content_headers: Sequence[tuple[str, str]] = (),
+        deadline: float | None = None,
+    ) -> httpx.Request:
+        """Build the offload request of *directive*, without sending it.
+
+        Args:
+            directive: What to send, and where.
+            content: The body to stream, when the directive forwards one.
+            content_headers: Framing headers describing *content*, such
+                as ``Content-Length``.
+            deadline: The `time.monotonic` instant the offload must end
+                by; the per-operation timeouts are capped to fit it.
+
+        Raises:
+            DestinationRefused: The policy refuses the destination.
+        """
+        url = httpx.URL(directive.url)
+        self.policy.check(url)
+        timeouts = self.timeout.as_dict()
+        if deadline is not None:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            timeouts = {
+                name: remaining if value is None else min(value, remaining)
+                for name, value in timeouts.items()
+            }
+        return httpx.Request(
+            directive.method,
+            url,
+            headers=[*directive.headers, *content_headers],
+            content=content,
+            extensions={"timeout": timeouts},
+        )
+
+    def _deadline_of(self, directive: OffloadDirective) -> float:
+        seconds = self.deadline
+        if directive.timeout is not None:
+            seconds = min(seconds, directive.timeout)
+        return time.monotonic() + seconds
+
+    def _final_response(
+        self,
+        offload: httpx.Response,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+        kept: list[tuple[bytes, bytes]],
+        request: httpx.Request | None,
+    ) -> httpx.Response:
+        return httpx.Response(
+            offload.status_code,
+            headers=_clean_headers(
+                offload.headers.raw, self._strip_prefixes, kept
+            ),
+            stream=stream,
+            extensions=offload.extensions,
+            request=request,
+        )
+
+    def _kept_headers(
+        self, directive: OffloadDirective, response: httpx.Response
+    ) -> list[tuple[bytes, bytes]]:
+        if not directive.keep_headers:
+            return []
+        wanted = {name.encode("latin-1") for name in directive.keep_headers}
+        return [
+            (name, value)
+            for name, value in response.headers.raw
+            if name.lower() in wanted
+        ]
+
+    @staticmethod
+    def _content_headers(response: httpx.Response) -> list[tuple[str, str]]:
+        # The forwarded bytes are the backend's raw body: its length and
+        # coding describe them exactly.
+        headers = []
+        for name in ("content-length", "content-encoding"):
+            value = response.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        return headers
+
+    @staticmethod
+    def _original_request(response: httpx.Response) -> httpx.Request | None:
+        try:
+            return response.request
+        except RuntimeError:
+            return None
+
+    # -- capacity and observation ----------------------------------------
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if (
+                self.max_offloads is not None
+                and self._in_flight >= self.max_offloads
+            ):
+                raise OffloadCapacityExceeded(
+                    f"{self._in_flight} offloads are already in flight"
+                )
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _emit(
+        self,
+        kind: Literal["start", "finish", "error"],
+        flight: _Flight,
+        error: OffloadError | None = None,
+    ) -> None:
+        if not self.observers:
+            return
+        event = OffloadEvent(
+            kind=kind,
+            method=flight.method,
+            url=flight.url,
+            status_code=flight.status_code,
+            duration=time.monotonic() - flight.started,
+            bytes_received=flight.bytes_received,
+            error=error,
+        )
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                logger.warning(
+                    "offload observer %r failed", observer, exc_info=True
+                )
+
+    def _start(self, directive: OffloadDirective) -> _Flight:
+        flight = _Flight(directive.method, directive.url)
+        logger.debug("offloading %s %s", directive.method, directive.url)
+        self._emit("start", flight)
+        return flight
+
+    def _finish(self, flight: _Flight, error: OffloadError | None) -> None:
+        """Record the end of *flight*; runs once per offload."""
+        if flight.finished:
+            return
+        flight.finished = True
+        self._release()
+        duration = time.monotonic() - flight.started
+        if error is None:
+            logger.info(
+                "offload %s %s -> %s in %.3fs, %d bytes",
+                flight.method,
+                httpx.URL(flight.url).host,
+                flight.status_code,
+                duration,
+                flight.bytes_received,
+            )
+            self._emit("finish", flight)
+        else:
+            logger.warning(
+                "offload %s %s failed after %.3fs: %s",
+                flight.method,
+                flight.url,
+                duration,
+                error,
+            )
+            self._emit("error", flight, error)
+
+    # -- sync I/O ---------------------------------------------------------
+
+    def _sync_transport(self) -> httpx.BaseTransport:
+        if self._transport is None:
+            with self._lock:
+                if self._transport is None:
+                    self._transport = httpx.HTTPTransport(
+                        limits=self.limits, trust_env=False
+                    )
+        return self._transport
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._client is not None:
+            return self._client.send(
+                request, stream=True, follow_redirects=False
+            )
+        return self._sync_transport().handle_request(request)
+
+    def modify_response(self, response: httpx.Response) -> httpx.Response:
+        """Carry out the offload *response* asks for, if any.
+
+        Returns *response* itself, untouched and unread, when it asks for
+        no offload. Otherwise closes it and returns a new response with
+        the offload server's status, headers and streamed body. Closing
+        the new response ends the offload.
+
+        Raises:
+            InvalidDirective: The backend's directive is invalid or its
+                destination refused (502).
+            OffloadRequestFailed: The offload request failed (502).
+            OffloadTimeout: The offload ran out of time (504).
+            OffloadCapacityExceeded: Too many offloads at once (503).
+        """
+        try:
+            directive = self._parser.parse(response.headers)
+        except InvalidDirective:
+            response.stream.close()  # type: ignore[union-attr]
+            raise
+        if directive is None:
+            return response
+        return self._offload(response, directive)
+
+    def _offload(
+        self, response: httpx.Response, directive: OffloadDirective
+    ) -> httpx.Response:
+        request = self._original_request(response)
+        try:
+            self._acquire()
+        except OffloadCapacityExceeded:
+            _close_sync(response)
+            raise
+        flight = self._start(directive)
+        deadline = self._deadline_of(directive)
+        kept: list[tuple[bytes, bytes]] = []
+        current = response
+        hops = 0
+        try:
+            while True:
+                kept += self._kept_headers(directive, current)
+                current = self._send_hop(current, directive, deadline)
+                hops += 1
+                flight.status_code = current.status_code
+                if hops >= self.max_hops:
+                    break
+                next_directive = self._parser.parse(current.headers)
+                if next_directive is None:
+                    break
+                directive = next_directive
+                deadline = min(deadline, self._deadline_of(directive))
+        except BaseException as exc:
+            _close_sync(current)
+            error = _map_error(exc, flight.url)
+            self._finish(flight, error)
+            if error is exc or not isinstance(exc, Exception):
+                raise
+            raise error from exc
+        stream = _OffloadStream(self, current, flight, deadline)
+        return self._final_response(current, stream, kept, request)
+
+    def _send_hop(
+        self,
+        backend: httpx.Response,
+        directive: OffloadDirective,
+        deadline: float,
+    ) -> httpx.Response:
+        """Send one offload request; *backend* is closed on return."""
+        backend_stream = backend.stream
+        assert isinstance(backend_stream, httpx.SyncByteStream)
+        try:
+            if directive.forward_body:
+                request = self.build_request(
+                    directive,
+                    content=_limited(
+                        backend_stream, self.max_forward_body_size
+                    ),
+                    content_headers=self._content_headers(backend),
+                    deadline=deadline,
+                )
+            else:
+                _drain(backend_stream, self.drain_limit)
+                request = self.build_request(directive, deadline=deadline)
+            return self._send(request)
+        finally:
+            backend_stream.close()
+
+    # -- async I/O --------------------------------------------------------
+
+    def _get_async_transport(self) -> httpx.AsyncBaseTransport:
+        if self._async_transport is None:
+            self._async_transport = httpx.AsyncHTTPTransport(
+                limits=self.limits, trust_env=False
+            )
+        return self._async_transport
+
+    async def _asend(
+        self, request: httpx.Request, deadline: float
+    ) -> httpx.Response:
+        if self._async_client is not None:
+            sending: Awaitable[httpx.Response] = self._async_client.send(
+                request, stream=True, follow_redirects=False
+            )
+        else:
+            sending = self._get_async_transport().handle_async_request(request)
+        return await _before(deadline, sending)
+
+    async def amodify_response(
+        self, response: httpx.Response
+    ) -> httpx.Response:
+        """The async twin of `modify_response`."""
+        try:
+            directive = self._parser.parse(response.headers)
+        except InvalidDirective:
+            await response.stream.aclose()  # type: ignore[union-attr]
+            raise
+        if directive is None:
+            return response
+        return await self._aoffload(response, directive)
+
+    async def _aoffload(
+        self, response: httpx.Response, directive: OffloadDirective
+    ) -> httpx.Response:
+        request = self._original_request(response)
+        try:
+            self._acquire()
+        except OffloadCapacityExceeded:
+            await _close_async(response)
+            raise
+        flight = self._start(directive)
+        deadline = self._deadline_of(directive)
+        kept: list[tuple[bytes, bytes]] = []
+        current = response
+        hops = 0
+        try:
+            while True:
+                kept += self._kept_headers(directive, current)
+                current = await self._asend_hop(current, directive, deadline)
+                hops += 1
+                flight.status_code = current.status_code
+                if hops >= self.max_hops:
+                    break
+                next_directive = self._parser.parse(current.headers)
+                if next_directive is None:
+                    break
+                directive = next_directive
+                deadline = min(deadline, self._deadline_of(directive))
+        except BaseException as exc:
+            await _close_async(current)
+            error = _map_error(exc, flight.url)
+            self._finish(flight, error)
+            if error is exc or not isinstance(exc, Exception):
+                raise
+            raise error from exc
+        stream = _AsyncOffloadStream(self, current, flight, deadline)
+        return self._final_response(current, stream, kept, request)
+
+    async def _asend_hop(
+        self,
+        backend: httpx.Response,
+        directive: OffloadDirective,
+        deadline: float,
+    ) -> httpx.Response:
+        backend_stream = backend.stream
+        assert isinstance(backend_stream, httpx.AsyncByteStream)
+        try:
+            if directive.forward_body:
+                request = self.build_request(
+                    directive,
+                    content=_alimited(
+                        backend_stream, self.max_forward_body_size
+                    ),
+                    content_headers=self._content_headers(backend),
+                    deadline=deadline,
+                )
+            else:
+                await _before(
+                    deadline, _adrain(backend_stream, self.drain_limit)
+                )
+                request = self.build_request(directive, deadline=deadline)
+            return await self._asend(request, deadline)
+        finally:
+            await backend_stream.aclose()
+
+    # -- life cycle -------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the sync transport this offloader made, if any."""
+        if self._owns_transport and self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def aclose(self) -> None:
+        """Close the transports this offloader made, if any."""
+        self.close()
+        if self._owns_async_transport and self._async_transport is not None:
+            await self._async_transport.aclose()
+            self._async_transport = None
+
+    def __enter__(self) -> Offloader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Offloader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+# -- streams ----------------------------------------------------------------
+
+
+def _drain(stream: httpx.SyncByteStream, limit: int) -> None:
+    read = 0
+    for chunk in stream:
+        read += len(chunk)
+        if read > limit:
+            break
+
+
+async def _adrain(stream: httpx.AsyncByteStream, limit: int) -> None:
+    read = 0
+    async for chunk in stream:
+        read += len(chunk)
+        if read > limit:
+            break
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the forwarded backend body is larger than {limit} bytes"
+    )
+
+
+def _limited(
+    stream: httpx.SyncByteStream, limit: int | None
+) -> Iterator[bytes]:
+    sent = 0
+    for chunk in stream:
+        sent += len(chunk)
+        if limit is not None and sent > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+async def _alimited(
+    stream: httpx.AsyncByteStream, limit: int | None
+) -> AsyncIterator[bytes]:
+    sent = 0
+    async for chunk in stream:
+        sent += len(chunk)
+        if limit is not None and sent > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+def _close_sync(response: httpx.Response) -> None:
+    stream = response.stream
+    if isinstance(stream, httpx.SyncByteStream):
+        stream.close()
+
+
+async def _close_async(response: httpx.Response) -> None:
+    stream = response.stream
+    if isinstance(stream, httpx.AsyncByteStream):
+        await stream.aclose()
+
+
+if sys.version_info >= (3, 11):
+
+    async def _before(deadline: float, step: Awaitable[_T]) -> _T:
+        """Await *step*, raising `TimeoutError` past *deadline*."""
+        loop_deadline = asyncio.get_running_loop().time() + (
+            deadline - time.monotonic()
+        )
+        async with asyncio.timeout_at(loop_deadline):
+            return await step
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _before(deadline: float, step: Awaitable[_T]) -> _T:
+        """Await *step*, raising `TimeoutError` past *deadline*."""
+        return await asyncio.wait_for(step, deadline - time.monotonic())
+
+
+class _OffloadStream(httpx.SyncByteStream):
+    """The offload server's body, relayed under the offload's deadline.
+
+    Sync reads cannot be interrupted: the deadline is checked between
+    chunks, and each read is bounded by the read timeout, itself capped
+    by the deadline when the request was built.
+    """
+
+    def __init__(
+        self,
+        offloader: Offloader,
+        response: httpx.Response,
+        flight: _Flight,
+        deadline: float,
+    ) -> None:
+        self._offloader = offloader
+        self._response = response
+        self._flight = flight
+        self._deadline = deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        flight = self._flight
+        try:
+            for chunk in stream:
+                if time.monotonic() > self._deadline:
+                    raise TimeoutError("the offload passed its deadline")
+                flight.bytes_received += len(chunk)
+                yield chunk
+        except Exception as exc:
+            error = _map_error(exc, flight.url)
+            stream.close()
+            self._offloader._finish(flight, error)
+            if error is exc:
+                raise
+            raise error from exc
+        stream.close()
+        self._offloader._finish(flight, None)
+
+    def close(self) -> None:
+        _close_sync(self._response)
+        self._offloader._finish(self._flight, None)
+
+
+class _AsyncOffloadStream(httpx.AsyncByteStream):
+    """The async twin of `_OffloadStream`; reads are cut at the deadline."""
+
+    def __init__(
+        self,
+        offloader: Offloader,
+        response: httpx.Response,
+        flight: _Flight,
+        deadline: float,
+    ) -> None:
+        self._offloader = offloader
+        self._response = response
+        self._flight = flight
+        self._deadline = deadline
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        flight = self._flight
+        chunks = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await _before(self._deadline, anext(chunks))
+                except StopAsyncIteration:
+                    break
+                flight.bytes_received += len(chunk)
+                yield chunk
+        except Exception as exc:
+            error = _map_error(exc, flight.url)
+            await stream.aclose()
+            self._offloader._finish(flight, error)
+            if error is exc:
+                raise
+            raise error from exc
+        await stream.aclose()
+        self._offloader._finish(flight, None)
+
+    async def aclose(self) -> None:
+        await _close_async(self._response)
+        self._offloader._finish(self._flight, None)
+
+
+# -- the module-level default -------------------------------------------------
+
+_default_offloader: Offloader | None = None
+
+
+def default_offloader() -> Offloader:
+    """Return the offloader behind `modify_response`, made on first use."""
+    global _default_offloader  # noqa: PLW0603 - a lazily made singleton
+    if _default_offloader is None:
+        _default_offloader = Offloader()
+    return _default_offloader
+
+
+def modify_response(response: httpx.Response) -> httpx.Response:
+    """Carry out the offload *response* asks for, with the default
+    offloader. See `Offloader.modify_response`."""
+    return default_offloader().modify_response(response)
+
+
+async def amodify_response(response: httpx.Response) -> httpx.Response:
+    """The async twin of `modify_response`."""
+    return await default_offloader().amodify_response(response)
