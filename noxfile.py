@@ -1,0 +1,37 @@
+"""Development sessions: ``nox`` runs tests, lint and typecheck."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite against real loopback servers."""
+    session.install("-e", ".[server,metrics]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """Check the code with ruff, and that it is formatted."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """Check the types with mypy in strict mode."""
+    session.install("-e", ".[server,metrics]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"))
+    session.install(*nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.run("mypy", *session.posargs)
