@@ -90,7 +90,10 @@ def _map_error(exc: BaseException, url: str) -> OffloadError:
         return OffloadCapacityExceeded(
             f"no pooled connection to {url} became free in time"
         )
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    # asyncio.TimeoutError is the builtin TimeoutError only from 3.11 on.
+    if isinstance(
+        exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)
+    ):
         return OffloadTimeout(f"offload to {url} timed out: {exc!r}")
     return OffloadRequestFailed(f"offload to {url} failed: {exc!r}")
 
