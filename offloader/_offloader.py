@@ -435,7 +435,8 @@ class Offloader:
         """
         try:
             directive = self._parser.parse(response.headers)
-        except InvalidDirective:
+        except InvalidDirective as exc:
+            logger.warning("refusing an invalid offload directive: %s", exc)
             response.stream.close()  # type: ignore[union-attr]
             raise
         if directive is None:
@@ -448,7 +449,8 @@ class Offloader:
         request = self._original_request(response)
         try:
             self._acquire()
-        except OffloadCapacityExceeded:
+        except OffloadCapacityExceeded as exc:
+            logger.warning("refusing an offload: %s", exc)
             _close_sync(response)
             raise
         flight = self._start(directive)
@@ -531,7 +533,8 @@ class Offloader:
         """The async twin of `modify_response`."""
         try:
             directive = self._parser.parse(response.headers)
-        except InvalidDirective:
+        except InvalidDirective as exc:
+            logger.warning("refusing an invalid offload directive: %s", exc)
             await response.stream.aclose()  # type: ignore[union-attr]
             raise
         if directive is None:
@@ -544,7 +547,8 @@ class Offloader:
         request = self._original_request(response)
         try:
             self._acquire()
-        except OffloadCapacityExceeded:
+        except OffloadCapacityExceeded as exc:
+            logger.warning("refusing an offload: %s", exc)
             await _close_async(response)
             raise
         flight = self._start(directive)
