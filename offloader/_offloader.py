@@ -437,7 +437,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
-            response.stream.close()  # type: ignore[union-attr]
+            _close_sync(response)
             raise
         if directive is None:
             return response
@@ -535,7 +535,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
-            await response.stream.aclose()  # type: ignore[union-attr]
+            await _close_async(response)
             raise
         if directive is None:
             return response
