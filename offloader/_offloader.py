@@ -34,6 +34,7 @@ from ._errors import (
 )
 from ._events import OffloadEvent, OffloadObserver
 from ._headers import HOP_BY_HOP_HEADERS, connection_named_headers
+from ._netguard import make_async_transport, make_transport
 from ._parsers import DirectiveParser, OffloadHeaderParser, ParserChain
 from ._policy import DestinationPolicy
 
@@ -146,7 +147,8 @@ class Offloader:
             be forwarded; past it, `BodyTooLarge` (502). `None` for no
             limit.
         policy: Where offload requests may go; by default any http or
-            https URL.
+            https URL. Its address rules guard the transports this
+            offloader makes, not a *transport* or *client* you pass.
         limits: Connection limits of the transports this offloader
             makes.
         drain_limit: A backend body that is not forwarded is read up to
@@ -406,9 +408,7 @@ class Offloader:
         if self._transport is None:
             with self._lock:
                 if self._transport is None:
-                    self._transport = httpx.HTTPTransport(
-                        limits=self.limits, trust_env=False
-                    )
+                    self._transport = make_transport(self.policy, self.limits)
         return self._transport
 
     def _send(self, request: httpx.Request) -> httpx.Response:
@@ -511,8 +511,8 @@ class Offloader:
 
     def _get_async_transport(self) -> httpx.AsyncBaseTransport:
         if self._async_transport is None:
-            self._async_transport = httpx.AsyncHTTPTransport(
-                limits=self.limits, trust_env=False
+            self._async_transport = make_async_transport(
+                self.policy, self.limits
             )
         return self._async_transport
 

@@ -1,0 +1,365 @@
+"""Address-level destination checks, made where the socket is opened.
+
+A host name says nothing certain about where a connection goes: it may
+resolve to a private address, resolve differently a second later (DNS
+rebinding), or be an address written in an unusual notation
+(``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``) that the system's
+resolver turns into loopback. So the check is made on the addresses the
+resolver returns, and the socket is then connected to one of those very
+addresses, never to the name again.
+
+The seam is httpcore's public network-backend interface: the guarded
+backends below resolve the host once, check every address with the
+standard library's `ipaddress`, and hand the checked address to
+httpcore's own backend to connect. TLS still verifies the certificate
+against the host name, which httpcore passes separately.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeAlias
+
+import httpcore
+import httpx
+
+from ._errors import DestinationRefused
+
+if TYPE_CHECKING:
+    from ._policy import DestinationPolicy
+
+__all__ = [
+    "NON_PUBLIC_NETWORKS",
+    "AsyncGuardedBackend",
+    "GuardedBackend",
+    "IPAddress",
+    "IPNetwork",
+    "embedded_ipv4",
+    "is_non_public",
+    "make_async_transport",
+    "make_transport",
+]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Networks that are not the public internet, from the IANA special-purpose
+#: registries (RFC 6890 and its updates). Spelled out rather than taken
+#: from `ipaddress`'s ``is_global``, whose answers changed between Python
+#: 3.10 and 3.13: the policy must mean the same on every version.
+NON_PUBLIC_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",  # "this network", 0.0.0.0 included
+        "10.0.0.0/8",  # private
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, cloud metadata at 169.254.169.254
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments (Oracle metadata too)
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation
+        "203.0.113.0/24",  # documentation
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, 255.255.255.255 included
+        "::/96",  # unspecified, loopback, IPv4-compatible
+        # IPv4-mapped, NAT64 and 6to4 addresses are judged by the IPv4
+        # address they carry: see embedded_ipv4.
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments, Teredo included
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing
+        "fc00::/7",  # unique-local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local, deprecated
+        "ff00::/8",  # multicast
+    )
+)
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address an IPv6 address carries, if it carries one.
+
+    IPv4-mapped (``::ffff:a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``) and
+    6to4 (``2002:AABB:CCDD::``) addresses reach an IPv4 host; they are
+    judged by that host's address.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _SIX_TO_FOUR:
+        return address.sixtofour
+    return None
+
+
+def is_non_public(address: IPAddress) -> bool:
+    """Tell whether *address* is outside the public internet.
+
+    An IPv6 address that carries an IPv4 address is non-public when
+    either of the two is.
+    """
+    inner = embedded_ipv4(address)
+    if inner is not None and is_non_public(inner):
+        return True
+    return any(
+        address.version == network.version and address in network
+        for network in NON_PUBLIC_NETWORKS
+    )
+
+
+def _parse_address(text: str) -> IPAddress:
+    # getaddrinfo may return a scoped IPv6 address ("fe80::1%eth0");
+    # the scope names an interface, not a different address.
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
+
+def _addresses(infos: Iterable[tuple[object, ...]]) -> list[str]:
+    """The distinct addresses of getaddrinfo results, in order."""
+    seen: dict[str, None] = {}
+    for info in infos:
+        sockaddr = info[4]
+        assert isinstance(sockaddr, tuple)
+        seen[str(sockaddr[0])] = None
+    return list(seen)
+
+
+def _check_all(
+    policy: DestinationPolicy, host: str, addresses: list[str]
+) -> None:
+    """Refuse the host unless every address it resolved to is allowed.
+
+    One refused address refuses the name: a name that points partly at
+    a private network is not trusted with the rest.
+    """
+    if not addresses:
+        raise httpcore.ConnectError(f"{host!r} resolved to no address")
+    for text in addresses:
+        policy.check_address(_parse_address(text), host=host)
+
+
+def _check_peer(
+    policy: DestinationPolicy,
+    host: str,
+    stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream,
+) -> None:
+    """Check the address the socket really is connected to."""
+    peer = stream.get_extra_info("server_addr")
+    if isinstance(peer, tuple) and peer:
+        policy.check_address(_parse_address(str(peer[0])), host=host)
+
+
+def _remaining(started: float, timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    return max(timeout - (time.monotonic() - started), 0.0)
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """A sync httpcore backend that connects only to allowed addresses.
+
+    Args:
+        policy: The policy whose `DestinationPolicy.check_address`
+            judges each resolved address.
+        backend: The backend that opens the socket; httpcore's own by
+            default.
+    """
+
+    def __init__(
+        self,
+        policy: DestinationPolicy,
+        backend: httpcore.NetworkBackend | None = None,
+    ) -> None:
+        self.policy = policy
+        self._backend = backend or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        """Resolve *host* once, check every address, connect to one."""
+        started = time.monotonic()
+        # Limitation: the system resolver takes no timeout, so a slow DNS
+        # server can hold a sync offload past its connect timeout (the
+        # async backend is cut off on time).
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(
+                f"cannot resolve {host!r}: {exc}"
+            ) from exc
+        addresses = _addresses(infos)
+        _check_all(self.policy, host, addresses)
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                stream = self._backend.connect_tcp(
+                    address,
+                    port,
+                    timeout=_remaining(started, timeout),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+                continue
+            try:
+                _check_peer(self.policy, host, stream)
+            except BaseException:
+                stream.close()
+                raise
+            return stream
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        """Refuse: a socket path has no address for the policy to judge."""
+        raise DestinationRefused("unix sockets are not allowed for offloads")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of `GuardedBackend`; name resolution is bounded
+    by the connect timeout."""
+
+    def __init__(
+        self,
+        policy: DestinationPolicy,
+        backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self.policy = policy
+        self._backend = backend or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Resolve *host* once, check every address, connect to one."""
+        import anyio  # a dependency of httpx; loaded with the async path
+
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout):
+                infos = await anyio.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(
+                f"resolving {host!r} timed out"
+            ) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(
+                f"cannot resolve {host!r}: {exc}"
+            ) from exc
+        addresses = _addresses(infos)
+        _check_all(self.policy, host, addresses)
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                stream = await self._backend.connect_tcp(
+                    address,
+                    port,
+                    timeout=_remaining(started, timeout),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+                continue
+            try:
+                _check_peer(self.policy, host, stream)
+            except BaseException:
+                await stream.aclose()
+                raise
+            return stream
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Refuse: a socket path has no address for the policy to judge."""
+        raise DestinationRefused("unix sockets are not allowed for offloads")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def make_transport(
+    policy: DestinationPolicy, limits: httpx.Limits
+) -> httpx.HTTPTransport:
+    """Return the sync transport an `Offloader` uses by default.
+
+    It ignores proxy settings from the environment, and connects through
+    a `GuardedBackend` when *policy* checks addresses.
+    """
+    if not policy.checks_addresses:
+        return httpx.HTTPTransport(limits=limits, trust_env=False)
+    ssl_context = httpx.create_ssl_context(trust_env=False)
+    transport = httpx.HTTPTransport(
+        verify=ssl_context, limits=limits, trust_env=False
+    )
+    # Limitation: httpx takes no network backend, so the transport's pool
+    # is replaced by an equal one that has it. This relies on httpx
+    # keeping its httpcore pool in `_pool`; the policy tests fail loudly
+    # if that ever changes.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(policy),
+    )
+    return transport
+
+
+def make_async_transport(
+    policy: DestinationPolicy, limits: httpx.Limits
+) -> httpx.AsyncHTTPTransport:
+    """The async twin of `make_transport`."""
+    if not policy.checks_addresses:
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    ssl_context = httpx.create_ssl_context(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(
+        verify=ssl_context, limits=limits, trust_env=False
+    )
+    # Limitation: see `make_transport`.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncGuardedBackend(policy),
+    )
+    return transport

@@ -1,0 +1,237 @@
+"""Raw-socket loopback servers that misbehave on purpose.
+
+Each `RawServer` listens on a loopback address and a free port, runs a
+*behaviour* in a thread per connection, and counts what it saw: the
+connections it accepted and the bytes it received. Behaviours speak just
+enough HTTP/1.1 by hand to break it at a chosen point, which a
+well-behaved framework such as uvicorn would never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+__all__ = [
+    "Behaviour",
+    "RawServer",
+    "closed_port",
+    "raw_server",
+    "read_head",
+    "reset",
+]
+
+#: A behaviour receives the accepted socket, the bytes read so far, and
+#: the server (for its counters and its stop event).
+Behaviour = Callable[[socket.socket, "RawServer"], None]
+
+
+class RawServer:
+    """A threaded TCP server on loopback; see `raw_server`."""
+
+    def __init__(self, behaviour: Behaviour, host: str, port: int) -> None:
+        self.behaviour = behaviour
+        self.host = host
+        self.accepted = 0
+        self.received = 0
+        self.closed = 0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(512)
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def count_received(self, n: int) -> None:
+        with self._lock:
+            self.received += n
+
+    def recv(self, conn: socket.socket, size: int = 65536) -> bytes:
+        """Receive from *conn*, counting the bytes; b"" on EOF or error."""
+        try:
+            data = conn.recv(size)
+        except OSError:
+            return b""
+        self.count_received(len(data))
+        return data
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self._conns.append(conn)
+            thread = threading.Thread(
+                target=self._run, args=(conn,), daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.behaviour(conn, self)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            with self._lock:
+                self.closed += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._acceptor.join(5)
+        self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+
+
+@contextlib.contextmanager
+def raw_server(
+    behaviour: Behaviour, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[RawServer]:
+    """Run *behaviour* for each connection to a loopback server, on
+    *port* or a free one."""
+    server = RawServer(behaviour, host, port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """Return a port on *host* where nothing listens (connections are
+    refused)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def read_head(conn: socket.socket, server: RawServer) -> bytes:
+    """Read a request head, up to the blank line; b"" if the peer left."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = server.recv(conn)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def reset(conn: socket.socket) -> None:
+    """Close *conn* with a TCP reset instead of an orderly FIN."""
+    conn.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    conn.close()
+
+
+# -- behaviours ---------------------------------------------------------------
+
+
+def silent(conn: socket.socket, server: RawServer) -> None:
+    """Read whatever comes until the peer leaves; never answer."""
+    while server.recv(conn):
+        pass
+
+
+def reset_before_headers(conn: socket.socket, server: RawServer) -> None:
+    """Read the request head, then reset the connection."""
+    read_head(conn, server)
+    reset(conn)
+
+
+def reset_after_headers(conn: socket.socket, server: RawServer) -> None:
+    """Send the head and part of a body, then reset the connection."""
+    read_head(conn, server)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100
+    )
+    time.sleep(0.05)
+    reset(conn)
+
+
+def truncated_body(conn: socket.socket, server: RawServer) -> None:
+    """Promise 1000 bytes, send 100, close cleanly (FIN)."""
+    read_head(conn, server)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 100
+    )
+    conn.shutdown(socket.SHUT_WR)
+
+
+def trickle(interval: float = 1.0, size: int = 1000) -> Behaviour:
+    """Send a head, then one body byte every *interval* seconds."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        read_head(conn, server)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size):
+            if server.stopping.wait(interval):
+                return
+            conn.sendall(b"z")
+
+    return behaviour
+
+
+def never_reads_body(conn: socket.socket, server: RawServer) -> None:
+    """Read only the request head and hold the connection, never reading
+    the body, until the peer leaves or the server stops."""
+    read_head(conn, server)
+    conn.settimeout(0.05)
+    while not server.stopping.is_set():
+        try:
+            # Peek so that nothing is consumed: the client's send buffer
+            # fills up and its writes stall, as with a real stuck server.
+            if conn.recv(1, socket.MSG_PEEK) == b"":
+                return
+        except TimeoutError:
+            continue
+        time.sleep(0.05)
+
+
+def answers_without_reading(conn: socket.socket, server: RawServer) -> None:
+    """Answer at once without reading the request body, then close."""
+    read_head(conn, server)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n"
+        b"\r\nearly"
+    )
+    conn.shutdown(socket.SHUT_WR)
+    time.sleep(0.2)
+
+
+def ok(body: bytes = b"ok", extra: bytes = b"") -> Behaviour:
+    """Answer every request on the connection with 200 and *body*."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        while read_head(conn, server):
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
+                % (len(body), extra, body)
+            )
+
+    return behaviour
