@@ -1,0 +1,257 @@
+"""Prometheus metrics: the observer, the gauges read at scrape time, and
+the metrics endpoint, through real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from offloader import (
+    BodyTooLarge,
+    DestinationPolicy,
+    DestinationRefused,
+    InvalidDirective,
+    OffloadCapacityExceeded,
+    Offloader,
+    OffloadError,
+    OffloadRequestFailed,
+    OffloadTimeout,
+)
+from offloader.hooks.httpx import hooks
+from offloader.metrics import (
+    PrometheusObserver,
+    outcome_of,
+    start_metrics_server,
+)
+
+from .servers import RunningServer, serve
+
+REPORT = b"the slow report\n"
+
+
+async def _offload_server(scope: Any, receive: Any, send: Any) -> None:
+    """Answers /report at once and /slow after two seconds."""
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(REPORT)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": REPORT})
+
+
+def _backend_for(offload_url: str) -> Any:
+    async def backend(scope: Any, receive: Any, send: Any) -> None:
+        """Asks for an offload of the path it was asked for."""
+        headers = [
+            (b"offload-requested", b""),
+            (b"offload-url", f"{offload_url}{scope['path']}".encode()),
+            (b"content-length", b"0"),
+        ]
+        if scope["path"] == "/slow":
+            headers.append((b"offload-timeout", b"0.3"))
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    return backend
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[RunningServer, RunningServer]]:
+    with (
+        serve(_offload_server) as offload_server,
+        serve(_backend_for(offload_server.url)) as backend,
+    ):
+        yield backend, offload_server
+
+
+def _value(
+    registry: CollectorRegistry, name: str, **labels: str
+) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (None, "ok"),
+        (InvalidDirective("x"), "invalid_directive"),
+        (DestinationRefused("x"), "destination_refused"),
+        (OffloadRequestFailed("x"), "request_failed"),
+        (BodyTooLarge("x"), "body_too_large"),
+        (OffloadTimeout("x"), "timeout"),
+        (OffloadCapacityExceeded("x"), "capacity_exceeded"),
+        (OffloadError("x"), "error"),
+    ],
+)
+def test_outcome_names_the_most_specific_error(
+    error: OffloadError | None, outcome: str
+) -> None:
+    """Each error type has its own outcome label."""
+    assert outcome_of(error) == outcome
+
+
+@pytest.mark.anyio
+async def test_observer_counts_a_successful_offload(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """While the body is unread the offload is in flight; once read, it
+    counts as ok with its duration and bytes."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    offloader = Offloader(observers=[observer])
+    bound = hooks(offloader)
+
+    async with (
+        offloader,
+        httpx.AsyncClient(
+            event_hooks={"response": [bound.async_response_hook]}
+        ) as client,
+        client.stream("GET", f"{backend.url}/report") as response,
+    ):
+        in_flight = _value(registry, "offloader_offloads_in_flight")
+        body = await response.aread()
+
+    assert body == REPORT
+    assert in_flight == 1
+    assert _value(registry, "offloader_offloads_in_flight") == 0
+    assert _value(registry, "offloader_offloads_total", outcome="ok") == 1
+    assert (
+        _value(
+            registry,
+            "offloader_offload_duration_seconds_count",
+            outcome="ok",
+        )
+        == 1
+    )
+    assert _value(registry, "offloader_offload_received_bytes_total") == len(
+        REPORT
+    )
+
+
+@pytest.mark.anyio
+async def test_observer_counts_timeouts_and_refusals(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """A timed-out and a refused offload count under their outcome, and
+    leave nothing in flight."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    timing_out = Offloader(observers=[observer])
+    refusing = Offloader(
+        observers=[observer], policy=DestinationPolicy(hosts=["a.test"])
+    )
+
+    async with timing_out, refusing:
+        for offloader, path, error in [
+            (timing_out, "/slow", OffloadTimeout),
+            (refusing, "/report", DestinationRefused),
+        ]:
+            bound = hooks(offloader)
+            async with httpx.AsyncClient(
+                event_hooks={"response": [bound.async_response_hook]}
+            ) as client:
+                with pytest.raises(error):
+                    await client.get(f"{backend.url}{path}")
+
+    assert _value(registry, "offloader_offloads_in_flight") == 0
+    assert _value(registry, "offloader_offloads_total", outcome="timeout") == 1
+    assert (
+        _value(
+            registry,
+            "offloader_offloads_total",
+            outcome="destination_refused",
+        )
+        == 1
+    )
+    assert _value(registry, "offloader_offloads_total", outcome="ok") is None
+
+
+def test_watch_reports_the_limit_and_the_pool(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """A watched offloader's limit and pooled connections are read when
+    the registry is collected."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    offloader = Offloader(observers=[observer], max_offloads=123)
+    observer.watch(offloader)
+    bound = hooks(offloader)
+
+    with (
+        offloader,
+        httpx.Client(event_hooks={"response": [bound.response_hook]}) as c,
+    ):
+        before = _value(registry, "offloader_pool_connections", state="idle")
+        assert c.get(f"{backend.url}/report").content == REPORT
+        after = _value(registry, "offloader_pool_connections", state="idle")
+        limit = _value(registry, "offloader_offloads_limit")
+
+    assert before == 0
+    assert after == 1
+    assert limit == 123
+
+
+def test_metrics_server_serves_the_registry_until_closed() -> None:
+    """The endpoint answers with the registry's metrics on loopback, and
+    stops listening once closed."""
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    observer.in_flight.inc(3)
+
+    with start_metrics_server("127.0.0.1", 0, registry) as server:
+        scraped = httpx.get(server.url)
+    refused = socket.socket()
+    try:
+        closed = refused.connect_ex(("127.0.0.1", server.port)) != 0
+    finally:
+        refused.close()
+
+    assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+    assert scraped.status_code == 200
+    assert "offloader_offloads_in_flight 3.0" in scraped.text
+    assert closed
+
+
+def test_one_registry_refuses_a_second_observer() -> None:
+    """Two observers with one namespace cannot share a registry: the
+    second would silently split the counts."""
+    registry = CollectorRegistry()
+    PrometheusObserver(registry)
+
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        PrometheusObserver(registry)
+
+
+def test_offloader_does_not_import_prometheus_client() -> None:
+    """Only ``offloader.metrics`` imports prometheus-client."""
+    code = (
+        "import sys, offloader, offloader.hooks.httpx;"
+        "print('prometheus_client' in sys.modules)"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+    assert result.stdout.strip() == "False"
