@@ -1,4 +1,6 @@
-"""Address-level destination checks, made where the socket is opened.
+"""Network-level guards of offload requests: addresses and deadlines.
+
+**Addresses.** The checks are made where the socket is opened.
 
 A host name says nothing certain about where a connection goes: it may
 resolve to a private address, resolve differently a second later (DNS
@@ -13,15 +15,26 @@ backends below resolve the host once, check every address with the
 standard library's `ipaddress`, and hand the checked address to
 httpcore's own backend to connect. TLS still verifies the certificate
 against the host name, which httpcore passes separately.
+
+**Deadlines.** httpcore bounds each read and write by a timeout but has
+no total deadline, and a sync read cannot be cancelled from outside. So
+the sync streams of the offloader's own transports cap every read and
+write by what is left of the current offload's deadline, which the
+offloader sets with `deadline_scope`: a server that trickles its
+headers or body one byte a second is cut off at the deadline. (The async
+path cancels the whole exchange at the deadline instead.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import socket
+import ssl
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import httpcore
 import httpx
@@ -34,9 +47,11 @@ if TYPE_CHECKING:
 __all__ = [
     "NON_PUBLIC_NETWORKS",
     "AsyncGuardedBackend",
+    "DeadlineBackend",
     "GuardedBackend",
     "IPAddress",
     "IPNetwork",
+    "deadline_scope",
     "embedded_ipv4",
     "is_non_public",
     "make_async_transport",
@@ -168,6 +183,113 @@ def _remaining(started: float, timeout: float | None) -> float | None:
     return max(timeout - (time.monotonic() - started), 0.0)
 
 
+# -- deadlines ----------------------------------------------------------------
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "offloader_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float) -> Iterator[None]:
+    """Bound the sync network I/O inside the block by *deadline*, a
+    `time.monotonic` instant."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _bounded(timeout: float | None) -> float | None:
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    # Never zero: a zero timeout makes a socket non-blocking, which
+    # reports "would block" instead of a timeout.
+    remaining = max(deadline - time.monotonic(), 0.001)
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A sync network stream whose reads and writes end by the deadline
+    of the offload being served."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _bounded(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _bounded(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(
+                ssl_context, server_hostname, _bounded(timeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """A sync httpcore backend whose streams honour `deadline_scope`.
+
+    Args:
+        backend: The backend that opens the socket; httpcore's own by
+            default.
+    """
+
+    def __init__(self, backend: httpcore.NetworkBackend | None = None) -> None:
+        self._backend = backend or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host,
+            port,
+            timeout=_bounded(timeout),
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._backend.connect_unix_socket(
+                path, _bounded(timeout), socket_options
+            )
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+# -- addresses ----------------------------------------------------------------
+
+
 class GuardedBackend(httpcore.NetworkBackend):
     """A sync httpcore backend that connects only to allowed addresses.
 
@@ -184,7 +306,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         backend: httpcore.NetworkBackend | None = None,
     ) -> None:
         self.policy = policy
-        self._backend = backend or httpcore.SyncBackend()
+        self._backend = backend or DeadlineBackend()
 
     def connect_tcp(
         self,
@@ -321,25 +443,27 @@ def make_transport(
 ) -> httpx.HTTPTransport:
     """Return the sync transport an `Offloader` uses by default.
 
-    It ignores proxy settings from the environment, and connects through
-    a `GuardedBackend` when *policy* checks addresses.
+    It ignores proxy settings from the environment, honours
+    `deadline_scope`, and checks addresses with a `GuardedBackend` when
+    *policy* has address rules.
     """
-    if not policy.checks_addresses:
-        return httpx.HTTPTransport(limits=limits, trust_env=False)
+    backend: httpcore.NetworkBackend = DeadlineBackend()
+    if policy.checks_addresses:
+        backend = GuardedBackend(policy, backend)
     ssl_context = httpx.create_ssl_context(trust_env=False)
     transport = httpx.HTTPTransport(
         verify=ssl_context, limits=limits, trust_env=False
     )
     # Limitation: httpx takes no network backend, so the transport's pool
     # is replaced by an equal one that has it. This relies on httpx
-    # keeping its httpcore pool in `_pool`; the policy tests fail loudly
-    # if that ever changes.
+    # keeping its httpcore pool in `_pool`; the policy and limits tests
+    # fail loudly if that ever changes.
     transport._pool = httpcore.ConnectionPool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(policy),
+        network_backend=backend,
     )
     return transport
 

@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._events import OffloadEvent, OffloadObserver
 from ._headers import HOP_BY_HOP_HEADERS, connection_named_headers
-from ._netguard import make_async_transport, make_transport
+from ._netguard import deadline_scope, make_async_transport, make_transport
 from ._parsers import DirectiveParser, OffloadHeaderParser, ParserChain
 from ._policy import DestinationPolicy
 
@@ -503,7 +503,8 @@ class Offloader:
             else:
                 _drain(backend_stream, self.drain_limit)
                 request = self.build_request(directive, deadline=deadline)
-            return self._send(request)
+            with deadline_scope(deadline):
+                return self._send(request)
         finally:
             backend_stream.close()
 
@@ -714,8 +715,8 @@ class _OffloadStream(httpx.SyncByteStream):
     """The offload server's body, relayed under the offload's deadline.
 
     Sync reads cannot be interrupted: the deadline is checked between
-    chunks, and each read is bounded by the read timeout, itself capped
-    by the deadline when the request was built.
+    chunks, and each read of the offloader's own transports is bounded
+    by what is left of it (see `deadline_scope`).
     """
 
     def __init__(
@@ -734,8 +735,13 @@ class _OffloadStream(httpx.SyncByteStream):
         stream = self._response.stream
         assert isinstance(stream, httpx.SyncByteStream)
         flight = self._flight
+        chunks = iter(stream)
         try:
-            for chunk in stream:
+            while True:
+                with deadline_scope(self._deadline):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 if time.monotonic() > self._deadline:
                     raise TimeoutError("the offload passed its deadline")
                 flight.bytes_received += len(chunk)

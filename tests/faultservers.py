@@ -9,17 +9,33 @@ well-behaved framework such as uvicorn would never do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import httpx
+
+from offloader import Offloader
+from offloader.hooks.httpx import (
+    AsyncOffloadTransport,
+    OffloadTransport,
+    hooks,
+)
 
 __all__ = [
+    "MODES",
     "Behaviour",
+    "Outcome",
     "RawServer",
+    "call",
     "closed_port",
+    "directing_backend",
     "raw_server",
     "read_head",
     "reset",
@@ -235,3 +251,190 @@ def ok(body: bytes = b"ok", extra: bytes = b"") -> Behaviour:
             )
 
     return behaviour
+
+
+def records_request(log: list[bytes]) -> Behaviour:
+    """Read a request with its Content-Length body; append the body to
+    *log* only when it arrived whole, then answer 200."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        data = read_head(conn, server)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = server.recv(conn)
+            if not chunk:
+                return
+            body += chunk
+        log.append(body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    return behaviour
+
+
+def truncated_forward(target: str) -> Behaviour:
+    """A backend that asks for its body to be forwarded to *target*,
+    promises 100,000 bytes of it and closes after 1,000."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        read_head(conn, server)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nOffload-Requested: 1\r\n"
+            b"Offload-Url: %s\r\nOffload-Method: POST\r\n"
+            b"Offload-Forward-Body: 1\r\nContent-Length: 100000\r\n\r\n"
+            % target.encode()
+            + b"b" * 1000
+        )
+        time.sleep(0.1)
+        conn.shutdown(socket.SHUT_WR)
+
+    return behaviour
+
+
+# -- a backend and the four ways of calling through the core ----------------
+
+
+async def directing_backend(
+    scope: dict[str, Any], receive: Any, send: Any
+) -> None:
+    """A backend (ASGI) that offloads as its request headers say.
+
+    ``X-Target`` is the offload URL, ``X-Method`` its method,
+    ``X-Forward: N`` forwards an N-byte body of ``f`` bytes, and
+    ``X-Timeout`` sets ``Offload-Timeout``. ``X-Extra: name=value``
+    adds any response header.
+    """
+    assert scope["type"] == "http"
+    asked = {name.lower(): value for name, value in scope["headers"]}
+    headers = [
+        (b"offload-requested", b""),
+        (b"offload-url", asked.get(b"x-target", b"")),
+    ]
+    if b"x-method" in asked:
+        headers.append((b"offload-method", asked[b"x-method"]))
+    if b"x-timeout" in asked:
+        headers.append((b"offload-timeout", asked[b"x-timeout"]))
+    if b"x-extra" in asked:
+        name, _, value = asked[b"x-extra"].partition(b"=")
+        headers.append((name, value))
+    size = int(asked.get(b"x-forward", b"-1"))
+    if size < 0:
+        body_chunks = [b"backend"]
+    else:
+        headers.append((b"offload-forward-body", b"1"))
+        headers.append((b"content-type", b"application/octet-stream"))
+        chunk = b"f" * 65536
+        body_chunks = [chunk] * (size // len(chunk))
+        body_chunks.append(b"f" * (size % len(chunk)))
+    total = sum(len(chunk) for chunk in body_chunks)
+    headers.append((b"content-length", str(total).encode()))
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": headers}
+    )
+    for chunk in body_chunks:
+        await send(
+            {"type": "http.response.body", "body": chunk, "more_body": True}
+        )
+    await send({"type": "http.response.body", "body": b""})
+
+
+MODES = ("sync-hook", "async-hook", "sync-transport", "async-transport")
+
+
+@attrs.define
+class Outcome:
+    """What a caller got: a response (maybe with a broken body) or an
+    error before any response."""
+
+    status: int | None = None
+    headers: httpx.Headers | None = None
+    body: bytes = b""
+    error: BaseException | None = None
+    body_error: BaseException | None = None
+
+
+def _record(outcome: Outcome, response: httpx.Response) -> None:
+    outcome.status = response.status_code
+    outcome.headers = response.headers
+
+
+def call(
+    mode: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    offloader: Offloader | None = None,
+    **options: Any,
+) -> Outcome:
+    """Send GET *url* through the core adapter *mode* and read it all.
+
+    A new `Offloader(**options)` is made and closed unless *offloader*
+    is given.
+    """
+    if mode.startswith("async"):
+        return asyncio.run(_acall(mode, url, headers, offloader, options))
+    outcome = Outcome()
+    owned = offloader is None
+    offloader = offloader or Offloader(**options)
+    if mode == "sync-hook":
+        bound = hooks(offloader)
+        client = httpx.Client(event_hooks={"response": [bound.response_hook]})
+    else:
+        client = httpx.Client(
+            transport=OffloadTransport(httpx.HTTPTransport(), offloader)
+        )
+    try:
+        with client, client.stream("GET", url, headers=headers) as response:
+            _record(outcome, response)
+            try:
+                outcome.body = response.read()
+            except Exception as exc:
+                outcome.body_error = exc
+    except Exception as exc:
+        outcome.error = exc
+    finally:
+        if owned:
+            offloader.close()
+    return outcome
+
+
+async def _acall(
+    mode: str,
+    url: str,
+    headers: dict[str, str] | None,
+    offloader: Offloader | None,
+    options: dict[str, Any],
+) -> Outcome:
+    outcome = Outcome()
+    owned = offloader is None
+    offloader = offloader or Offloader(**options)
+    if mode == "async-hook":
+        bound = hooks(offloader)
+        client = httpx.AsyncClient(
+            event_hooks={"response": [bound.async_response_hook]}
+        )
+    else:
+        client = httpx.AsyncClient(
+            transport=AsyncOffloadTransport(
+                httpx.AsyncHTTPTransport(), offloader
+            )
+        )
+    try:
+        async with (
+            client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            _record(outcome, response)
+            try:
+                outcome.body = await response.aread()
+            except Exception as exc:
+                outcome.body_error = exc
+    except Exception as exc:
+        outcome.error = exc
+    finally:
+        if owned:
+            await offloader.aclose()
+    return outcome

@@ -19,29 +19,14 @@ from offloader import (
 from offloader._netguard import embedded_ipv4, is_non_public
 from offloader.hooks.httpx import hooks
 
-from .faultservers import RawServer, ok, raw_server, silent
+from .faultservers import (
+    RawServer,
+    directing_backend,
+    ok,
+    raw_server,
+    silent,
+)
 from .servers import RunningServer, serve
-
-
-async def directing_backend(
-    scope: dict[str, Any], receive: Any, send: Any
-) -> None:
-    """A backend that offloads to the URL given in its X-Target header."""
-    assert scope["type"] == "http"
-    headers = dict(scope["headers"])
-    target = headers.get(b"x-target", b"")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"offload-requested", b""),
-                (b"offload-url", target),
-                (b"content-length", b"7"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"backend"})
 
 
 @pytest.fixture(scope="module")
