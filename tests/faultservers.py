@@ -205,10 +205,36 @@ def trickle(interval: float = 1.0, size: int = 1000) -> Behaviour:
     def behaviour(conn: socket.socket, server: RawServer) -> None:
         read_head(conn, server)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        conn.settimeout(interval)
         for _ in range(size):
-            if server.stopping.wait(interval):
+            if _peer_left(conn, server):
                 return
             conn.sendall(b"z")
+
+    return behaviour
+
+
+def _peer_left(conn: socket.socket, server: RawServer) -> bool:
+    """Wait one timeout of *conn* for the peer to close; True if it did
+    (or the server is stopping). Nothing is consumed."""
+    if server.stopping.is_set():
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except TimeoutError:
+        return False
+
+
+def trickle_head(interval: float = 1.0) -> Behaviour:
+    """Send the response head one byte every *interval* seconds."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        read_head(conn, server)
+        conn.settimeout(interval)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+            if _peer_left(conn, server):
+                return
+            conn.sendall(bytes([byte]))
 
     return behaviour
 
@@ -218,14 +244,9 @@ def never_reads_body(conn: socket.socket, server: RawServer) -> None:
     the body, until the peer leaves or the server stops."""
     read_head(conn, server)
     conn.settimeout(0.05)
-    while not server.stopping.is_set():
-        try:
-            # Peek so that nothing is consumed: the client's send buffer
-            # fills up and its writes stall, as with a real stuck server.
-            if conn.recv(1, socket.MSG_PEEK) == b"":
-                return
-        except TimeoutError:
-            continue
+    # Peek, so that nothing is consumed: the client's send buffer fills
+    # up and its writes stall, as with a real stuck server.
+    while not _peer_left(conn, server):
         time.sleep(0.05)
 
 
