@@ -35,3 +35,24 @@ def typecheck(session: nox.Session) -> None:
     session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"))
     session.install(*nox.project.dependency_groups(PYPROJECT, "tests"))
     session.run("mypy", *session.posargs)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site; warnings are errors."""
+    session.install("-e", ".[server,metrics]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmark against NGINX and a reference proxy (not run by default).
+
+    Needs Linux with 2 cores and ``apt-get install -y nginx wrk curl``.
+    ``nox -s bench -- --quick`` makes a short run; results go to
+    ``bench/results/latest.json``.
+    """
+    session.install("-e", ".[server,aiohttp]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "bench"))
+    session.run("python", "-m", "bench.run", *session.posargs)

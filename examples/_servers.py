@@ -13,6 +13,10 @@ let whatever sits in front of it make the slow call:
   as it would behind NGINX.
 - ``GET /deferred``: asks for an offload with a header of its own,
   ``X-Defer-To: <offload server>/reports/7``.
+- ``GET /unreachable``: asks for an offload from a port where nothing
+  listens (127.0.0.1:9), so the offload request fails.
+- ``GET /broken``: asks for an offload with a method the contract does
+  not allow, ``DELETE``: an invalid directive.
 
 The *offload server* plays the slow service. Both are Python's standard
 ``http.server`` on 127.0.0.1 and a free port, in daemon threads, so the
@@ -102,6 +106,25 @@ class _BackendHandler(_Handler):
         elif self.path == "/download":
             self.answer(
                 200, b"", {"X-Accel-Redirect": "/protected/report.txt"}
+            )
+        elif self.path == "/unreachable":
+            self.answer(
+                200,
+                b"",
+                {
+                    "Offload-Requested": "true",
+                    "Offload-Url": "http://127.0.0.1:9/nothing-here",
+                },
+            )
+        elif self.path == "/broken":
+            self.answer(
+                200,
+                b"",
+                {
+                    "Offload-Requested": "true",
+                    "Offload-Url": f"{self.offload_url}/reports/1",
+                    "Offload-Method": "DELETE",
+                },
             )
         elif self.path == "/deferred":
             self.answer(

@@ -1,0 +1,175 @@
+"""The examples run, print what the docs say, and the docs include them.
+
+Every ``examples/*.py`` runs as its own process, as a reader would run it,
+against the real loopback servers it starts; the test checks what it
+prints. The docs quote the examples through ``--8<--`` snippet lines, and
+the last tests keep those references and the examples in step.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "docs"
+
+#: What each example must print: each entry starts a line of its output.
+#: An example missing here fails `test_every_example_is_checked`.
+EXPECTED: dict[str, list[str]] = {
+    "asyncio_loop.py": [
+        "200 report for /reports/42?format=txt (api key: secret-key)",
+        "201 {'shouted': 'HELLO', 'content_type': 'application/json'}",
+        "200 hello from the backend",
+        "502 Bad Gateway",
+    ],
+    "httpx_hook.py": [
+        "200 report for /reports/42?format=txt (api key: secret-key)",
+        "served by: offload-server",
+        "hello from the backend",
+        "201 {'shouted': 'OFFLOAD ME', 'content_type': 'application/json'}",
+    ],
+    "transport.py": [
+        "200 report for /reports/42?format=txt (api key: secret-key)",
+    ],
+    "custom_parser.py": [
+        "200 report for /reports/7 (api key: none)",
+        "200 report for /reports/42?format=txt (api key: secret-key)",
+        "False",
+    ],
+    "x_accel_redirect.py": [
+        "200 report for /files/report.txt (api key: none)",
+        "False",
+    ],
+    "observer.py": [
+        "finish 200, 56 bytes in ",
+        "start  GET http://127.0.0.1:9/nothing-here",
+        "raised OffloadRequestFailed",
+        "raised InvalidDirective",
+    ],
+    "parse_directive.py": [
+        "OffloadDirective(url='http://reports.internal/r/42?f=pdf', "
+        "method='POST', forward_body=False, headers=(('api-key', 'k'),), "
+        "timeout=None, keep_headers=())",
+        "None",
+        "InvalidDirective (502): offload URL is missing",
+    ],
+    "prometheus_metrics.py": [
+        "refused: DestinationRefused 502",
+        "offloader_offloads_in_flight 0.0",
+        'offloader_offloads_total{outcome="ok"} 4.0',
+        'offloader_offloads_total{outcome="destination_refused"} 1.0',
+        'offloader_offload_duration_seconds_count{outcome="ok"} 4.0',
+        "offloader_offloads_limit 500.0",
+    ],
+}
+
+
+def _examples() -> list[str]:
+    return sorted(
+        path.name
+        for path in EXAMPLES.glob("*.py")
+        if not path.name.startswith("_")
+    )
+
+
+def _run(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_every_example_is_checked() -> None:
+    """Each example in examples/ has its expected output listed here."""
+    missing = set(_examples()) - set(EXPECTED)
+
+    assert not missing, f"add the expected output of {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    """The example exits 0 and prints what the docs show."""
+    result = _run(name)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for expected in EXPECTED[name]:
+        assert any(line.startswith(expected) for line in lines), (
+            f"{expected!r} not in {result.stdout!r}"
+        )
+    assert "Traceback" not in result.stderr
+
+
+def test_httpx_hook_leaks_no_offload_header() -> None:
+    """What the hook example's client receives carries no Offload-*."""
+    result = _run("httpx_hook.py")
+
+    assert result.returncode == 0, result.stderr
+    assert "offload-" not in result.stdout.lower().replace(
+        "offload-server", ""
+    )
+
+
+def test_prometheus_example_logs_offloads() -> None:
+    """The metrics example shows one INFO line per offload and a WARNING
+    for the refused one, as the logging page says."""
+    result = _run("prometheus_metrics.py")
+
+    info = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("INFO offloader: offload ")
+    ]
+    warnings = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("WARNING offloader:")
+    ]
+    assert len(info) == 4
+    assert "GET 127.0.0.1 -> 200 in" in info[0]
+    assert len(warnings) == 1
+    assert "not allowed" in warnings[0]
+
+
+_SNIPPET = re.compile(r'^\s*--8<--\s+"([^"]+)"', re.MULTILINE)
+
+
+def _snippet_references() -> list[tuple[Path, str, str | None]]:
+    references = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for target in _SNIPPET.findall(page.read_text()):
+            path, _, section = target.partition(":")
+            references.append((page, path, section or None))
+    return references
+
+
+def test_docs_snippets_resolve() -> None:
+    """Every ``--8<--`` line in docs/ names an existing file, and the
+    section markers it names exist in that file."""
+    references = _snippet_references()
+
+    assert references, "the docs include no example"
+    for page, path, section in references:
+        source = ROOT / path
+        assert source.is_file(), f"{page.name}: {path} does not exist"
+        if section is not None:
+            text = source.read_text()
+            assert f"--8<-- [start:{section}]" in text, (page.name, path)
+            assert f"--8<-- [end:{section}]" in text, (page.name, path)
+
+
+def test_every_example_is_in_the_docs() -> None:
+    """Each runnable example is quoted by at least one docs page."""
+    quoted = {Path(path).name for _, path, _ in _snippet_references()}
+
+    assert set(_examples()) <= quoted, set(_examples()) - quoted
