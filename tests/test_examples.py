@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,28 @@ def test_every_example_is_in_the_docs() -> None:
     quoted = {Path(path).name for _, path, _ in _snippet_references()}
 
     assert set(_examples()) <= quoted, set(_examples()) - quoted
+
+
+_MARKER = re.compile(r"\n\s*# --8<-- \[\w+:\w+\]\n")
+_PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def test_readme_examples_come_from_the_examples() -> None:
+    """Each Python block in the README, imports aside, is a verbatim
+    excerpt of a runnable example (dedented)."""
+    # Each section between snippet markers, dedented as the docs show it.
+    dedented = "\n".join(
+        textwrap.dedent(chunk)
+        for path in EXAMPLES.glob("*.py")
+        for chunk in _MARKER.split(path.read_text())
+    )
+    blocks = _PYTHON_BLOCK.findall((ROOT / "README.md").read_text())
+
+    assert blocks, "the README shows no example"
+    for block in blocks:
+        code = "\n".join(
+            line
+            for line in block.splitlines()
+            if not line.startswith(("import ", "from "))
+        ).strip()
+        assert code in dedented, code[:200]
