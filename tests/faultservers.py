@@ -459,3 +459,45 @@ async def _acall(
         if owned:
             await offloader.aclose()
     return outcome
+
+
+def replies(raw: bytes) -> Behaviour:
+    """Answer each request head with the bytes *raw*, verbatim, then
+    close."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        if read_head(conn, server):
+            conn.sendall(raw)
+            conn.shutdown(socket.SHUT_WR)
+            _peer_left(conn, server)
+
+    return behaviour
+
+
+def records_raw(log: list[bytes], raw: bytes) -> Behaviour:
+    """Record each whole request, head and body, verbatim in *log*, and
+    answer with the bytes *raw*, then close."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        data = read_head(conn, server)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lowered = head.lower()
+        length = 0
+        for line in lowered.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip() == b"content-length":
+                length = int(value)
+        chunked = b"transfer-encoding" in lowered
+        while (
+            not body.endswith(b"0\r\n\r\n") if chunked else len(body) < length
+        ):
+            chunk = server.recv(conn)
+            if not chunk:
+                return
+            body += chunk
+        log.append(head + b"\r\n\r\n" + body)
+        conn.sendall(raw)
+        conn.shutdown(socket.SHUT_WR)
+        _peer_left(conn, server)
+
+    return behaviour

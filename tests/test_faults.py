@@ -9,10 +9,13 @@ response, and the offload is accounted as failed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 
 from offloader import (
+    InvalidDirective,
     OffloadError,
     OffloadEvent,
     OffloadRequestFailed,
@@ -28,9 +31,12 @@ from .faultservers import (
     directing_backend,
     never_reads_body,
     raw_server,
+    records_raw,
     records_request,
+    replies,
     reset_after_headers,
     reset_before_headers,
+    silent,
     truncated_body,
     truncated_forward,
 )
@@ -45,7 +51,7 @@ def backend() -> Iterator[RunningServer]:
 
 
 def run(
-    mode: str, backend: RunningServer, target: str, **options: object
+    mode: str, backend: RunningServer, target: str, **options: Any
 ) -> tuple[Outcome, list[OffloadEvent]]:
     events: list[OffloadEvent] = []
     outcome = call(
@@ -178,3 +184,187 @@ def test_offload_server_that_answers_before_reading_the_body(
         error = outcome.error or outcome.body_error
         assert isinstance(error, OffloadError)
         assert not isinstance(error, OffloadTimeout)
+
+
+# -- header hygiene -------------------------------------------------------
+
+HOSTILE_OFFLOAD_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Connection: x-secret, keep-alive\r\n"
+    b"X-Secret: internal\r\n"
+    b"Keep-Alive: timeout=5\r\n"
+    b"Offload-Url: http://internal.example/\r\n"
+    b"Offload-Requested: 1\r\n"
+    b"OFFLOAD-Secret: 1\r\n"
+    b"Proxy-Authenticate: Basic\r\n"
+    b"Upgrade: h2c\r\n"
+    b"Trailer: X-T\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"X-Kept: yes\r\n"
+    b"\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n"
+)
+
+
+def hostile_backend_response(offload_url: str) -> bytes:
+    """A backend answer whose directive tries to set framing, routing
+    and hop-by-hop headers of the offload request."""
+    return (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Offload-Requested: 1\r\n"
+        b"Offload-Url: %s/p?q=1\r\n"
+        b"Offload-Method: POST\r\n"
+        b"Offload-Forward-Body: 1\r\n"
+        b"Offload-X-Content-Length: 3\r\n"
+        b"Offload-X-Transfer-Encoding: chunked\r\n"
+        b"Offload-X-Host: evil.example\r\n"
+        b"Offload-X-Connection: close, trace\r\n"
+        b"Offload-X-Te: trailers\r\n"
+        b"Offload-X-Upgrade: h2c\r\n"
+        b"Offload-X-Keep-Alive: 1\r\n"
+        b"Offload-X-Trace: abc\r\n"
+        b"Content-Length: 11\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"\r\n"
+        b"hello world" % offload_url.encode()
+    )
+
+
+def head_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
+    head = raw.partition(b"\r\n\r\n")[0]
+    pairs = []
+    for line in head.split(b"\r\n")[1:]:
+        assert not line.startswith((b" ", b"\t")), "folded header line"
+        name, _, value = line.partition(b":")
+        pairs.append((name.lower(), value.strip()))
+    return pairs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_directives_cannot_set_framing_or_hop_by_hop_headers(
+    mode: str,
+) -> None:
+    """Framing, routing and hop-by-hop headers in a directive are not
+    forwarded: the offload request carries one Content-Length matching
+    its body, no Transfer-Encoding, its own Host, and the rest."""
+    log: list[bytes] = []
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    with raw_server(records_raw(log, reply)) as offload:
+        raw_backend = replies(hostile_backend_response(offload.url))
+        with raw_server(raw_backend) as backend:
+            outcome = call(mode, backend.url)
+        [request] = log
+
+    pairs = head_lines(request)
+    names = [name for name, _ in pairs]
+    assert outcome.body == b"ok"
+    assert request.startswith(b"POST /p?q=1 HTTP/1.1\r\n")
+    assert request.endswith(b"\r\n\r\nhello world")
+    assert names.count(b"content-length") == 1
+    assert dict(pairs)[b"content-length"] == b"11"
+    assert b"transfer-encoding" not in names
+    assert names.count(b"host") == 1
+    assert dict(pairs)[b"host"] == f"127.0.0.1:{offload.port}".encode()
+    assert b"upgrade" not in names
+    assert b"te" not in names
+    assert b"keep-alive" not in names
+    assert (b"connection", b"close, trace") not in pairs
+    assert (b"trace", b"abc") in pairs
+    assert (b"content-type", b"text/plain") in pairs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_offload_response_loses_hop_by_hop_and_offload_headers(
+    mode: str,
+) -> None:
+    """The final response carries none of the offload server's hop-by-hop
+    headers, headers named in its Connection header, or Offload-*
+    headers; its own other headers and its body come through."""
+    with raw_server(replies(HOSTILE_OFFLOAD_RESPONSE)) as offload:
+        directive = (
+            b"HTTP/1.1 200 OK\r\nOffload-Requested: 1\r\n"
+            b"Offload-Url: %s\r\nContent-Length: 0\r\n\r\n"
+            % offload.url.encode()
+        )
+        with raw_server(replies(directive)) as backend:
+            outcome = call(mode, backend.url)
+
+    assert outcome.headers is not None
+    names = {name.lower() for name in outcome.headers}
+    assert outcome.body == b"hello"
+    assert outcome.headers["x-kept"] == "yes"
+    assert not any(name.startswith("offload-") for name in names)
+    assert not names & {
+        "connection",
+        "keep-alive",
+        "x-secret",
+        "proxy-authenticate",
+        "upgrade",
+        "trailer",
+        "transfer-encoding",
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"a\x00b",
+        b"a\rb",
+        b"a\x7fb",
+        b"caf\xc3\xa9",
+        b"a\x01b",
+        b"\xff",
+    ],
+)
+def test_directive_values_that_cannot_be_sent_send_nothing(
+    value: bytes,
+) -> None:
+    """A directive value holding NUL, CR, other controls or non-ASCII
+    bytes is refused (by h11 reading the backend, or as an
+    InvalidDirective), and the offload server receives nothing."""
+    with (
+        raw_server(silent) as offload,
+        raw_server(
+            replies(
+                b"HTTP/1.1 200 OK\r\nOffload-Requested: 1\r\n"
+                b"Offload-Url: %s\r\nOffload-X-Trace: %s\r\n"
+                b"Content-Length: 0\r\n\r\n" % (offload.url.encode(), value)
+            )
+        ) as backend,
+    ):
+        outcomes = [call(mode, backend.url) for mode in MODES]
+
+    for outcome in outcomes:
+        assert isinstance(
+            outcome.error, (InvalidDirective, httpx.RemoteProtocolError)
+        )
+    assert offload.accepted == 0
+
+
+def test_a_folded_directive_value_is_sent_on_one_line() -> None:
+    """An obsolete folded header line from the backend reaches the
+    offload server unfolded, on one line, if at all."""
+    log: list[bytes] = []
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    with (
+        raw_server(records_raw(log, reply)) as offload,
+        raw_server(
+            replies(
+                b"HTTP/1.1 200 OK\r\nOffload-Requested: 1\r\n"
+                b"Offload-Url: %s\r\nOffload-X-Trace: a\r\n b\r\n"
+                b"Content-Length: 0\r\n\r\n" % offload.url.encode()
+            )
+        ) as backend,
+    ):
+        outcome = call("sync-hook", backend.url)
+
+    if outcome.error is None:
+        [request] = log
+        assert (b"trace", b"a b") in head_lines(request)
+    else:
+        assert isinstance(
+            outcome.error, (InvalidDirective, httpx.RemoteProtocolError)
+        )
+        assert log == []
