@@ -383,6 +383,11 @@ class Offloader:
         self._release()
         duration = time.monotonic() - flight.started
         if error is None:
+            # Parsing the URL for its host costs more than the rest of
+            # this method: only pay for it when the line is logged.
+            if not logger.isEnabledFor(logging.INFO):
+                self._emit("finish", flight)
+                return
             logger.info(
                 "offload %s %s -> %s in %.3fs, %d bytes",
                 flight.method,

@@ -1,0 +1,1 @@
+"""Benchmarks of offloader against in-run references (see run.py)."""

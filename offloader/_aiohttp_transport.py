@@ -1,0 +1,260 @@
+"""`AiohttpTransport`: an httpx async transport over aiohttp's client.
+
+httpx's own async pool (httpcore) checks every pooled connection on each
+request, so its cost grows with the number of connections a proxy holds;
+the bench (``bench/``) measured it far behind aiohttp's client at 64
+connections already. This transport keeps httpx's models and transport
+interface and lets aiohttp's pool and C parser move the bytes.
+
+It is a proxy's transport, not a browser's: no cookie jar, no automatic
+``Accept``, ``Accept-Encoding`` or ``User-Agent`` headers, no
+decompression (bodies are relayed as sent), no proxies from the
+environment, and the URL is sent exactly as given.
+
+Installed with the ``aiohttp`` extra; ``import offloader`` never imports
+aiohttp, only using this transport does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import aiohttp.abc
+import httpx
+import yarl
+
+from ._netguard import _parse_address
+
+if TYPE_CHECKING:
+    from ._policy import DestinationPolicy
+
+__all__ = ["AiohttpTransport"]
+
+# aiohttp frames the body itself: a Transfer-Encoding from the request
+# would clash with the framing it chooses.
+_NOT_SENT = frozenset({b"transfer-encoding"})
+
+# Headers aiohttp would otherwise add on its own.
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
+
+
+class _GuardedResolver(aiohttp.abc.AbstractResolver):
+    """Resolve with aiohttp's default resolver, then check every address
+    with the policy; aiohttp connects only to the addresses returned."""
+
+    def __init__(self, policy: DestinationPolicy) -> None:
+        self.policy = policy
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self,
+        host: str,
+        port: int = 0,
+        family: socket.AddressFamily = socket.AF_INET,
+    ) -> list[aiohttp.abc.ResolveResult]:
+        infos = await self._inner.resolve(host, port, family)
+        for info in infos:
+            self.policy.check_address(_parse_address(info["host"]), host=host)
+        return infos
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _map_exception(
+    exc: BaseException, request: httpx.Request, *, sending: bool
+) -> Exception | None:
+    """Return the httpx exception for what aiohttp raised, or `None`."""
+    message = str(exc) or type(exc).__name__
+    mapped: type[httpx.TransportError]
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        mapped = httpx.ConnectTimeout
+    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        mapped = httpx.ReadTimeout
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        mapped = httpx.ConnectError
+    elif isinstance(exc, aiohttp.InvalidURL):
+        mapped = httpx.UnsupportedProtocol
+    elif isinstance(
+        exc,
+        (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError,
+        ),
+    ):
+        mapped = httpx.RemoteProtocolError
+    elif isinstance(exc, aiohttp.ClientError):
+        mapped = httpx.WriteError if sending else httpx.ReadError
+    else:
+        return None
+    return mapped(message, request=request)
+
+
+@contextlib.contextmanager
+def _mapped(request: httpx.Request, *, sending: bool) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        mapped = _map_exception(exc, request, sending=sending)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """An aiohttp response body as an httpx stream, chunk as received."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: httpx.Request
+    ) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped(self._request, sending=False):
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        response = self._response
+        if response.content.at_eof():
+            # Fully read: the connection goes back to the pool.
+            response.release()
+        else:
+            # Part of the body is still on the wire: the connection
+            # cannot be reused.
+            response.close()
+
+
+async def _body(stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield chunk
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx async transport whose connections are aiohttp's.
+
+    Args:
+        limits: ``max_connections`` caps the connections of the pool
+            (`None`: no cap) and ``keepalive_expiry`` closes idle ones.
+        verify: An `ssl.SSLContext`, or `False` to skip certificate
+            checks (tests only); by default the system's trust store
+            through `httpx.create_ssl_context`.
+        policy: When given and it has address rules, every name is
+            resolved once, all its addresses are checked, and only
+            checked addresses are connected to. Literal addresses in
+            URLs are the policy's own `DestinationPolicy.check` to judge.
+        session: An aiohttp session to use instead of one of the
+            transport's own; it is not closed by `aclose`.
+
+    Per-request timeouts come from the request's ``timeout`` extension
+    as httpx sets it: ``pool`` plus ``connect`` bound getting a
+    connection, ``connect`` the TCP and TLS handshake, ``read`` each
+    read.
+
+    Limitation: aiohttp has no write timeout and no separate cap of idle
+    connections, so ``write`` and ``max_keepalive_connections`` are not
+    applied; only HTTP/1.1 is spoken.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits | None = None,
+        verify: ssl.SSLContext | bool = True,
+        policy: DestinationPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.limits = limits or httpx.Limits(max_connections=None)
+        if isinstance(verify, ssl.SSLContext):
+            self._ssl: ssl.SSLContext | bool = verify
+        elif verify:
+            self._ssl = httpx.create_ssl_context(trust_env=False)
+        else:
+            self._ssl = False
+        self.policy = policy
+        self._session = session
+        self._owns_session = session is None
+
+    def _make_session(self) -> aiohttp.ClientSession:
+        resolver = None
+        if self.policy is not None and self.policy.checks_addresses:
+            resolver = _GuardedResolver(self.policy)
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0,
+            limit_per_host=0,
+            keepalive_timeout=self.limits.keepalive_expiry or 15.0,
+            ssl=self._ssl,
+            resolver=resolver,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def handle_async_request(
+        self, request: httpx.Request
+    ) -> httpx.Response:
+        """Send *request*; the response body streams as it arrives."""
+        if self._session is None:
+            self._session = self._make_session()
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower() not in _NOT_SENT
+        ]
+        data: Any
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            stream = request.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+            data = _body(stream)
+        timeout = request.extensions.get("timeout", {})
+        connect = timeout.get("connect")
+        pool = timeout.get("pool")
+        with _mapped(request, sending=True):
+            response = await self._session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=(
+                        None
+                        if connect is None or pool is None
+                        else connect + pool
+                    ),
+                    sock_connect=connect,
+                    sock_read=timeout.get("read"),
+                ),
+            )
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode("latin-1")
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_ResponseStream(response, request),
+            extensions=extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool, if this transport made it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,203 @@
+"""The httpx transport over aiohttp, against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+import offloader
+from offloader._aiohttp_transport import AiohttpTransport
+
+from .servers import serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answer with what was received: method, target, headers, body."""
+    assert scope["type"] == "http"
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    path = scope["raw_path"].decode()
+    if path == "/slow":
+        await asyncio.sleep(2)
+    target = path + (
+        "?" + scope["query_string"].decode() if scope["query_string"] else ""
+    )
+    headers = [
+        (b"x-method", scope["method"].encode()),
+        (b"x-target", target.encode()),
+        (b"x-headers", b";".join(name for name, _ in scope["headers"])),
+        (b"x-cookie", dict(scope["headers"]).get(b"cookie", b"-")),
+        (b"set-cookie", b"session=secret; Path=/"),
+    ]
+    if path == "/offload":
+        headers += [
+            (b"offload-requested", b"1"),
+            (b"offload-url", dict(scope["headers"])[b"x-next"]),
+        ]
+    await send({"type": "http.response.start", "status": 201,
+                "headers": headers})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_relays_status_headers_and_body_with_the_url_as_given() -> None:
+    """A request goes out with its URL untouched (escapes, query) and
+    the response comes back with its status, headers and body."""
+    transport = AiohttpTransport()
+    with serve(echo_app) as server:
+        request = httpx.Request(
+            "PUT", f"{server.url}/a%2Fb/c?x=1&y=%20", content=b"hello"
+        )
+        response = await transport.handle_async_request(request)
+        body = await response.aread()
+        await transport.aclose()
+
+    assert response.status_code == 201
+    assert response.headers["x-method"] == "PUT"
+    assert response.headers["x-target"] == "/a%2Fb/c?x=1&y=%20"
+    assert body == b"hello"
+
+
+async def test_streams_a_request_body_and_adds_no_headers() -> None:
+    """A streamed request body arrives whole, and the transport adds no
+    Accept, Accept-Encoding or User-Agent of its own."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1000
+
+    transport = AiohttpTransport()
+    with serve(echo_app) as server:
+        request = httpx.Request("POST", server.url, content=chunks())
+        response = await transport.handle_async_request(request)
+        body = await response.aread()
+        await transport.aclose()
+
+    assert body == b"x" * 100_000
+    sent = response.headers["x-headers"].split(";")
+    assert "user-agent" not in sent
+    assert "accept-encoding" not in sent
+    assert "accept" not in sent
+
+
+async def test_keeps_no_cookies_between_requests() -> None:
+    """A cookie set by one response is never sent with a later request:
+    a proxy must not carry one client's session to another."""
+    transport = AiohttpTransport()
+    with serve(echo_app) as server:
+        for _ in range(2):
+            response = await transport.handle_async_request(
+                httpx.Request("GET", server.url)
+            )
+            await response.aread()
+        await transport.aclose()
+
+    assert response.headers["x-cookie"] == "-"
+
+
+async def test_refused_connection_is_a_connect_error() -> None:
+    """A port with no server gives httpx.ConnectError, not a timeout."""
+    transport = AiohttpTransport()
+    request = httpx.Request("GET", f"http://127.0.0.1:{closed_port()}/")
+
+    with pytest.raises(httpx.ConnectError):
+        await transport.handle_async_request(request)
+    await transport.aclose()
+
+
+async def test_read_timeout_from_the_request_extension() -> None:
+    """The ``read`` timeout httpx puts on a request bounds the wait."""
+    transport = AiohttpTransport()
+    with serve(echo_app) as server:
+        request = httpx.Request(
+            "GET",
+            f"{server.url}/slow",
+            extensions={"timeout": httpx.Timeout(0.2).as_dict()},
+        )
+
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(request)
+        await transport.aclose()
+
+
+async def test_offloader_runs_on_it_end_to_end() -> None:
+    """An Offloader on this transport carries out a directive and maps
+    its failures to the offloader's errors."""
+    with serve(echo_app) as server:
+        engine = AiohttpTransport()
+        async with offloader.Offloader(async_transport=engine) as off:
+            backend = httpx.AsyncClient(transport=AiohttpTransport())
+            response = await backend.send(
+                backend.build_request(
+                    "GET",
+                    f"{server.url}/offload",
+                    headers={"x-next": f"{server.url}/done?z=1"},
+                ),
+                stream=True,
+            )
+            final = await off.amodify_response(response)
+            await final.aread()
+            broken = await backend.send(
+                backend.build_request(
+                    "GET",
+                    f"{server.url}/offload",
+                    headers={"x-next": f"http://127.0.0.1:{closed_port()}/"},
+                ),
+                stream=True,
+            )
+            with pytest.raises(offloader.OffloadRequestFailed) as failed:
+                await off.amodify_response(broken)
+            await backend.aclose()
+        await engine.aclose()
+
+    assert final.status_code == 201
+    assert final.headers["x-target"] == "/done?z=1"
+    assert "offload-url" not in final.headers
+    assert failed.value.status_code == 502
+
+
+async def test_policy_checks_the_resolved_addresses() -> None:
+    """With a policy that blocks private networks, a name resolving to
+    loopback is refused before any connection is made."""
+    policy = offloader.DestinationPolicy(block_private=True)
+    transport = AiohttpTransport(policy=policy)
+    with serve(echo_app) as server:
+        request = httpx.Request("GET", f"http://localhost:{server.port}/")
+
+        with pytest.raises(offloader.DestinationRefused):
+            await transport.handle_async_request(request)
+        await transport.aclose()
+        assert server.open_connections == 0
+
+
+def test_importing_offloader_does_not_import_aiohttp() -> None:
+    """aiohttp is an optional engine: the package never loads it."""
+    code = "import sys, offloader; print('aiohttp' in sys.modules)"
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert out.stdout.strip() == "False"
