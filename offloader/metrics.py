@@ -23,17 +23,24 @@ that keeps these metrics, with the default namespace ``offloader``:
 ``timeout``, ``capacity_exceeded`` (or ``error`` for anything else). The
 last two gauges describe offloaders passed to `PrometheusObserver.watch`.
 
-`start_metrics_server` serves a registry on ``HOST:PORT`` for scraping.
+`start_metrics_server` serves a registry on ``HOST:PORT`` for scraping;
+`instrument` connects an observer to an offloader in one call; and
+`serving_metrics` is what ``offloader serve --metrics-listen`` runs, with
+one worker process or several.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 try:
     import prometheus_client
+    from prometheus_client import multiprocess
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -64,9 +71,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "MULTIPROCESS_ENV",
     "MetricsServer",
     "PrometheusObserver",
+    "instrument",
     "outcome_of",
+    "serving_metrics",
     "start_metrics_server",
 ]
 
@@ -145,6 +155,8 @@ class PrometheusObserver:
             "Offloads started and not yet finished.",
             namespace=namespace,
             registry=self.registry,
+            # With several worker processes: the sum over live workers.
+            multiprocess_mode="livesum",
         )
         self.total = prometheus_client.Counter(
             "offloads",
@@ -192,6 +204,24 @@ class PrometheusObserver:
         the request path.
         """
         self._pools.watch(offloader)
+
+
+def instrument(
+    offloader: Offloader, registry: CollectorRegistry | None = None
+) -> PrometheusObserver:
+    """Add a `PrometheusObserver` to *offloader* and watch it.
+
+    Args:
+        offloader: The offloader to observe, from now on.
+        registry: As for `PrometheusObserver`.
+
+    Returns:
+        The observer, to share with other offloaders.
+    """
+    observer = PrometheusObserver(registry)
+    offloader.observers = (*offloader.observers, observer)
+    observer.watch(offloader)
+    return observer
 
 
 class _PoolCollector(Collector):
@@ -321,3 +351,51 @@ def start_metrics_server(
         registry=prometheus_client.REGISTRY if registry is None else registry,
     )
     return MetricsServer(host, server.server_port, server, thread)
+
+
+#: The environment variable that puts prometheus-client in its
+#: multiprocess mode (read when a process first imports it).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def serving_metrics(
+    host: str, port: int, *, workers: int = 1
+) -> Iterator[MetricsServer]:
+    """Serve the metrics of a proxy run in this process or its workers.
+
+    With one worker, the proxy runs in this process: the global registry
+    is served. With several, prometheus-client's multiprocess mode is
+    switched on for the worker processes started inside the block: each
+    writes its metrics to files in a temporary directory, and this
+    process adds them up at each scrape.
+
+    Limitation: in multiprocess mode, gauges read at scrape time
+    (``offloader_offloads_limit``, ``offloader_pool_connections``) are not
+    reported, and a worker that dies leaves its last in-flight count
+    behind until the command restarts.
+
+    Args:
+        host: The address to listen on.
+        port: The port to listen on.
+        workers: How many worker processes will run the proxy.
+    """
+    if workers <= 1:
+        with start_metrics_server(host, port) as server:
+            yield server
+        return
+    with tempfile.TemporaryDirectory(prefix="offloader-metrics-") as path:
+        previous = os.environ.get(MULTIPROCESS_ENV)
+        os.environ[MULTIPROCESS_ENV] = path
+        try:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                registry, path=path
+            )
+            with start_metrics_server(host, port, registry) as server:
+                yield server
+        finally:
+            if previous is None:
+                del os.environ[MULTIPROCESS_ENV]
+            else:
+                os.environ[MULTIPROCESS_ENV] = previous

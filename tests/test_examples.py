@@ -23,6 +23,13 @@ DOCS = ROOT / "docs"
 #: What each example must print: each entry starts a line of its output.
 #: An example missing here fails `test_every_example_is_checked`.
 EXPECTED: dict[str, list[str]] = {
+    "asgi_proxy.py": [
+        "/report 200 report for /reports/42?format=txt (api key: secret-key)",
+        "/download 200 report for /files/report.txt (api key: none)",
+        "/hello 200 hello from the backend",
+        "/broken 502 Bad Gateway",
+        'offloader_offloads_total{outcome="ok"} 2.0',
+    ],
     "asyncio_loop.py": [
         "200 report for /reports/42?format=txt (api key: secret-key)",
         "201 {'shouted': 'HELLO', 'content_type': 'application/json'}",

@@ -4,6 +4,7 @@ the metrics endpoint, through real loopback servers."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -27,8 +28,11 @@ from offloader import (
 )
 from offloader.hooks.httpx import hooks
 from offloader.metrics import (
+    MULTIPROCESS_ENV,
     PrometheusObserver,
+    instrument,
     outcome_of,
+    serving_metrics,
     start_metrics_server,
 )
 
@@ -255,3 +259,69 @@ def test_offloader_does_not_import_prometheus_client() -> None:
     )
 
     assert result.stdout.strip() == "False"
+
+
+def test_instrument_adds_an_observer_and_watches(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """`instrument` connects a new observer to an existing offloader,
+    keeping the observers it had."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    seen: list[str] = []
+    offloader = Offloader(
+        observers=[lambda event: seen.append(event.kind)], max_offloads=7
+    )
+
+    observer = instrument(offloader, registry)
+    with (
+        offloader,
+        httpx.Client(
+            event_hooks={"response": [hooks(offloader).response_hook]}
+        ) as client,
+    ):
+        client.get(f"{backend.url}/report")
+
+    assert observer in offloader.observers
+    assert seen == ["start", "finish"]
+    assert _value(registry, "offloader_offloads_total", outcome="ok") == 1
+    assert _value(registry, "offloader_offloads_limit") == 7
+
+
+def test_serving_metrics_with_one_worker_serves_the_global_registry() -> None:
+    """With one worker the proxy runs in this process: the endpoint shows
+    the global registry, and multiprocess mode stays off."""
+    with serving_metrics("127.0.0.1", 0, workers=1) as server:
+        scraped = httpx.get(server.url).text
+
+    assert MULTIPROCESS_ENV not in os.environ
+    # prometheus-client's own process metrics live in the global registry.
+    assert "python_info" in scraped
+
+
+def test_serving_metrics_with_workers_reads_their_files() -> None:
+    """With several workers, each worker process writes its metrics to
+    the shared directory, and one scrape adds them up."""
+    code = (
+        "from offloader.metrics import PrometheusObserver as P;"
+        "from offloader import OffloadEvent as E;"
+        "p = P();"
+        "p(E(kind='start', method='GET', url='http://a/'));"
+        "p(E(kind='finish', method='GET', url='http://a/', duration=0.2));"
+        "p(E(kind='start', method='GET', url='http://a/'))"
+    )
+
+    with serving_metrics("127.0.0.1", 0, workers=2) as server:
+        path = os.environ[MULTIPROCESS_ENV]
+        for _ in range(2):  # two "workers", one after the other
+            subprocess.run(
+                [sys.executable, "-c", code], check=True, timeout=60
+            )
+        scraped = httpx.get(server.url).text
+
+    assert MULTIPROCESS_ENV not in os.environ
+    assert not os.path.exists(path)
+    assert 'offloader_offloads_total{outcome="ok"} 2.0' in scraped
+    # Gauges of processes that exited are left behind (livesum counts the
+    # files present); what matters here is that both were summed.
+    assert "offloader_offloads_in_flight 2.0" in scraped
