@@ -1,0 +1,350 @@
+"""The ``offloader`` command: ``offloader serve`` and ``offloader demo``.
+
+``serve`` runs `OffloadProxy` on uvicorn. Its settings travel to the app
+factory, `create_app`, through one environment variable, so that each of
+uvicorn's worker processes builds the same proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ._offloader import Offloader
+from ._policy import DestinationPolicy
+
+__all__ = ["create_app", "main"]
+
+#: Where `serve` puts its settings for `create_app`, as JSON.
+CONFIG_ENV = "OFFLOADER_SERVE_CONFIG"
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_INSTALL_HINT = (
+    "offloader: this command needs the server extra; install it with\n"
+    "    pip install 'offloader[server]'\n"
+)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, such as 127.0.0.1:8080, not {value!r}"
+        )
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _backend(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid URL {value!r}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(
+            f"the backend must be an http or https URL, not {value!r}"
+        )
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def convert(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number, not {value!r}"
+            ) from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive number, not {value!r}"
+            )
+        return number
+
+    return convert
+
+
+def _host_pattern(value: str) -> str:
+    pattern = value.strip().lower()
+    name = pattern.removeprefix("*.")
+    if not name or "*" in name or "/" in name or ":" in name.strip("[]"):
+        raise argparse.ArgumentTypeError(
+            f"expected a host name or *.suffix, not {value!r}"
+        )
+    return pattern
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the ``offloader`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="offloader",
+        description=(
+            "A reverse proxy that carries out the slow requests a backend "
+            "hands it through Offload-* response headers."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the offloading reverse proxy in front of a backend",
+        description=(
+            "Forward every request to BACKEND and carry out the offloads "
+            "its responses ask for. Offloads may go to the backend's own "
+            "host and to --allow-host hosts, over http or https."
+        ),
+    )
+    serve.add_argument(
+        "--backend",
+        required=True,
+        type=_backend,
+        metavar="URL",
+        help="the backend's base URL, e.g. http://127.0.0.1:3000",
+    )
+    serve.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="where to accept connections (default: 127.0.0.1:8080)",
+    )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        type=_host_pattern,
+        metavar="HOST",
+        help=(
+            "a host offloads may go to, exact or *.suffix; repeatable "
+            "(the backend's host is always allowed)"
+        ),
+    )
+    serve.add_argument(
+        "--allow-any-host",
+        action="store_true",
+        help="let offloads go to any host (only if you trust the backend)",
+    )
+    serve.add_argument(
+        "--offload-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="the total time an offload may take (default: 30)",
+    )
+    serve.add_argument(
+        "--max-offloads",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="the most offloads at once; past it, 503 (default: no limit)",
+    )
+    serve.add_argument(
+        "--max-requests",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help=(
+            "the most requests held at once per worker; past it, 503 "
+            "(default: from the file descriptor limit)"
+        ),
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=_positive(float),
+        default=None,
+        metavar="SECONDS",
+        help=(
+            "on SIGTERM, how long in-flight requests may take to finish "
+            "(default: the offload timeout)"
+        ),
+    )
+    serve.add_argument(
+        "--preserve-host",
+        action="store_true",
+        help="send the client's Host header to the backend",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="worker processes, to use more cores (default: 1)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default="info",
+        type=str.lower,
+        help="log level (default: info)",
+    )
+    serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="show offloading at work, on loopback, in under a minute",
+        description=(
+            "Start a backend with four worker slots, a slow service and "
+            "the proxy on loopback, load them, and print the difference."
+        ),
+    )
+    demo.add_argument(
+        "--blocking",
+        type=_positive(int),
+        default=40,
+        metavar="N",
+        help="requests sent to the blocking endpoint (default: 40)",
+    )
+    demo.add_argument(
+        "--offloaded",
+        type=_positive(int),
+        default=400,
+        metavar="N",
+        help="requests sent through the proxy (default: 400)",
+    )
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``offloader`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+# -- serve ---------------------------------------------------------------
+
+
+def _raise_fd_limit() -> None:
+    """Let this process use as many descriptors as it is allowed to."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # pragma: no cover
+            logging.getLogger("offloader").warning(
+                "could not raise the file descriptor limit from %d", soft
+            )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        sys.stderr.write(_INSTALL_HINT)
+        return 2
+    from .hooks.asgi import default_max_requests
+
+    _raise_fd_limit()
+    max_requests = args.max_requests or default_max_requests()
+    config = {
+        "backend": args.backend,
+        "allow_hosts": args.allow_host,
+        "allow_any_host": args.allow_any_host,
+        "offload_timeout": args.offload_timeout,
+        "max_offloads": args.max_offloads,
+        "max_requests": max_requests,
+        "preserve_host": args.preserve_host,
+        "log_level": args.log_level,
+    }
+    os.environ[CONFIG_ENV] = json.dumps(config)
+    grace = args.grace_period or args.offload_timeout
+    host, port = args.listen
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal
+    # again to end the process the default way. A graceful stop is a
+    # success: this handler turns that second signal into exit status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        "offloader._cli:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        log_level=args.log_level,
+        # The proxy is the edge: it sets X-Forwarded-* itself and must
+        # not believe a client's.
+        proxy_headers=False,
+        # Relayed responses carry their origin's Date and Server.
+        server_header=False,
+        date_header=False,
+        # Past the proxy's own limit, uvicorn answers 503 before the
+        # connection costs more than its descriptor.
+        limit_concurrency=max_requests + 64,
+        timeout_graceful_shutdown=max(1, round(grace)),
+    )
+    return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("offloader")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(levelname)s:     [offloader] %(message)s")
+        )
+        logger.addHandler(handler)
+
+
+def create_app() -> Any:
+    """Build the proxy ``offloader serve`` runs, from its settings.
+
+    This is uvicorn's app factory: each worker process calls it.
+    """
+    from .hooks.asgi import DEFAULT_BACKEND_LIMITS, OffloadProxy
+
+    config = json.loads(os.environ[CONFIG_ENV])
+    _configure_logging(config["log_level"])
+    backend = httpx.URL(config["backend"])
+    hosts = (
+        None
+        if config["allow_any_host"]
+        else (backend.host, *config["allow_hosts"])
+    )
+    seconds = config["offload_timeout"]
+    offloader = Offloader(
+        timeout=httpx.Timeout(seconds, connect=min(seconds, 5.0)),
+        deadline=seconds,
+        limits=DEFAULT_BACKEND_LIMITS,
+        max_offloads=config["max_offloads"],
+        policy=DestinationPolicy(hosts=hosts),
+    )
+    return OffloadProxy(
+        backend,
+        offloader=offloader,
+        preserve_host=config["preserve_host"],
+        max_requests=config["max_requests"],
+    )
+
+
+# -- demo ----------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: F401 - only checks that it is installed
+    except ImportError:
+        sys.stderr.write(_INSTALL_HINT)
+        return 2
+    from ._demo import run_demo
+
+    return run_demo(blocking=args.blocking, offloaded=args.offloaded)

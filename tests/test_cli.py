@@ -1,0 +1,281 @@
+"""Tests of the ``offloader`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from offloader._cli import build_parser
+from tests.servers import RunningServer, serve
+from tests.upstreams import Backend, OffloadServer
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[RunningServer]:
+    with serve(Backend()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def offload_server() -> Iterator[RunningServer]:
+    with serve(OffloadServer()) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def offloader_command() -> list[str]:
+    """The installed ``offloader`` script, or ``python -m offloader``."""
+    script = Path(sys.executable).with_name("offloader")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("offloader")
+    return [found] if found else [sys.executable, "-m", "offloader"]
+
+
+class Serving:
+    """An ``offloader serve`` process and the URL it listens on."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+
+
+@contextlib.contextmanager
+def offloader_serve(backend_url: str, *options: str) -> Iterator[Serving]:
+    """Run ``offloader serve`` until the block ends; stop it with SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *offloader_command(),
+            "serve",
+            "--backend",
+            backend_url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                _, err = process.communicate()
+                raise RuntimeError(f"offloader serve exited early: {err}")
+            try:
+                httpx.get(url + "/ready", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield Serving(process, url)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.communicate()
+
+
+def offload_to(url: str) -> dict[str, str]:
+    return {"x-reply-offload-requested": "", "x-reply-offload-url": url}
+
+
+def test_serve_proxies_and_offloads(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """``offloader serve`` passes plain answers through and carries out
+    offloads to the backend's own host."""
+    with offloader_serve(backend.url) as proxy:
+        plain = httpx.post(
+            proxy.url + "/x?y=1", content=b"hello", headers={"x-status": "201"}
+        )
+        offloaded = httpx.get(
+            proxy.url + "/x", headers=offload_to(offload_server.url + "/slow")
+        )
+
+    assert plain.status_code == 201
+    assert plain.json()["body"] == "hello"
+    assert plain.json()["query"] == "y=1"
+    assert offloaded.status_code == 200
+    assert offloaded.headers["x-slow"] == "yes"
+    assert not [n for n in offloaded.headers if n.startswith("offload")]
+
+
+def test_serve_allows_only_the_backend_host_by_default(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """Offloads to another host are refused (502) unless --allow-host or
+    --allow-any-host lets them through."""
+    other = f"http://localhost:{offload_server.port}/slow"
+
+    with offloader_serve(backend.url) as proxy:
+        refused = httpx.get(proxy.url + "/x", headers=offload_to(other))
+    with offloader_serve(backend.url, "--allow-host", "localhost") as proxy:
+        allowed = httpx.get(proxy.url + "/x", headers=offload_to(other))
+    with offloader_serve(backend.url, "--allow-host", "*.example") as proxy:
+        still_refused = httpx.get(proxy.url + "/x", headers=offload_to(other))
+    with offloader_serve(backend.url, "--allow-any-host") as proxy:
+        any_host = httpx.get(proxy.url + "/x", headers=offload_to(other))
+
+    assert refused.status_code == 502
+    assert refused.text == "Bad Gateway\n"
+    assert allowed.status_code == 200
+    assert still_refused.status_code == 502
+    assert any_host.status_code == 200
+
+
+def test_serve_options_reach_the_proxy(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """--offload-timeout gives 504 past the deadline; --max-offloads gives
+    503 with Retry-After past the limit."""
+    slow = offload_server.url + "/slow?delay=3"
+
+    with offloader_serve(
+        backend.url, "--offload-timeout", "0.5", "--max-offloads", "1"
+    ) as proxy:
+        results: list[httpx.Response] = []
+        held = threading.Thread(
+            target=lambda: results.append(
+                httpx.get(proxy.url + "/x", headers=offload_to(slow))
+            )
+        )
+        held.start()
+        time.sleep(0.2)
+        refused = httpx.get(proxy.url + "/x", headers=offload_to(slow))
+        held.join(10)
+
+    assert results[0].status_code == 504
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+
+
+def test_sigterm_lets_in_flight_offloads_finish(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """On SIGTERM the proxy stops accepting, lets the offload in flight
+    finish, and exits 0."""
+    slow = offload_server.url + "/slow?delay=1"
+    with offloader_serve(backend.url) as proxy:
+        results: list[httpx.Response] = []
+        in_flight = threading.Thread(
+            target=lambda: results.append(
+                httpx.get(proxy.url + "/x", headers=offload_to(slow))
+            )
+        )
+        in_flight.start()
+        time.sleep(0.3)
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(proxy.url + "/x")
+        in_flight.join(10)
+        status = proxy.process.wait(10)
+
+    assert results[0].status_code == 200
+    assert results[0].headers["x-slow"] == "yes"
+    assert status == 0
+
+
+def test_serve_with_several_workers(backend: RunningServer) -> None:
+    """--workers runs several processes that all serve the proxy."""
+    with offloader_serve(backend.url, "--workers", "2") as proxy:
+        responses = [httpx.get(proxy.url + f"/w{i}") for i in range(10)]
+
+    assert [r.status_code for r in responses] == [200] * 10
+
+
+def test_python_dash_m_offloader_shows_help() -> None:
+    """``python -m offloader`` is the same command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "offloader", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0
+    for option in ("--backend", "--listen", "--allow-host", "--workers"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["serve"],
+        ["serve", "--backend", "ftp://example.com"],
+        ["serve", "--backend", "http://127.0.0.1:1", "--listen", "8080"],
+        ["serve", "--backend", "http://127.0.0.1:1", "--workers", "0"],
+        ["serve", "--backend", "http://x", "--offload-timeout", "soon"],
+        ["serve", "--backend", "http://x", "--allow-host", "http://a/"],
+        ["serve", "--backend", "http://x", "--log-level", "loud"],
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(arguments: list[str]) -> None:
+    """Bad arguments stop the command with status 2 and a usage message."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(arguments)
+
+    assert exit_info.value.code == 2
+
+
+def test_listen_and_defaults_are_parsed() -> None:
+    """--listen takes HOST:PORT (IPv6 in brackets); the defaults are
+    127.0.0.1:8080 and a 30 s offload timeout."""
+    defaults = build_parser().parse_args(["serve", "--backend", "http://b"])
+    ipv6 = build_parser().parse_args(
+        ["serve", "--backend", "http://b", "--listen", "[::1]:9000"]
+    )
+
+    assert defaults.listen == ("127.0.0.1", 8080)
+    assert defaults.offload_timeout == 30.0
+    assert defaults.workers == 1
+    assert ipv6.listen == ("::1", 9000)
+
+
+def test_missing_server_extra_gives_a_friendly_error() -> None:
+    """Without uvicorn, ``offloader serve`` says how to install it."""
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "from offloader._cli import main\n"
+        "sys.exit(main(['serve', '--backend', 'http://127.0.0.1:1']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+
+    assert result.returncode == 2
+    assert "pip install 'offloader[server]'" in result.stderr
+    assert "Traceback" not in result.stderr
