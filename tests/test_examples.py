@@ -8,7 +8,9 @@ the last tests keep those references and the examples in step.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -206,3 +208,44 @@ def test_readme_examples_come_from_the_examples() -> None:
             if not line.startswith(("import ", "from "))
         ).strip()
         assert code in dedented, code[:200]
+
+
+def _unit_command() -> list[str]:
+    """The command line of the systemd unit's ExecStart."""
+    lines = (EXAMPLES / "deploy" / "offloader.service").read_text()
+    command = lines.split("\nExecStart=", 1)[1]
+    joined = []
+    for line in command.splitlines():
+        joined.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return shlex.split(" ".join(joined))
+
+
+def _container_command() -> list[str]:
+    """ENTRYPOINT plus CMD of the container example."""
+    parts: dict[str, list[str]] = {}
+    for line in (
+        (EXAMPLES / "deploy" / "Containerfile").read_text().split("\n")
+    ):
+        keyword, _, rest = line.partition(" ")
+        if keyword in ("ENTRYPOINT", "CMD"):
+            parts[keyword] = json.loads(rest)
+    return parts["ENTRYPOINT"] + parts["CMD"]
+
+
+@pytest.mark.parametrize(
+    "command", [_unit_command(), _container_command()], ids=["unit", "image"]
+)
+def test_deployment_examples_use_valid_commands(command: list[str]) -> None:
+    """The systemd unit and the container example run ``offloader serve``
+    with options the command accepts."""
+    from offloader._cli import build_parser
+
+    args = build_parser().parse_args(command[1:])
+
+    assert Path(command[0]).name == "offloader"
+    assert args.command == "serve"
+    assert args.backend.startswith("http://")
+    assert args.listen[0] == "0.0.0.0"
+    assert args.workers == 2
