@@ -8,6 +8,7 @@ uvicorn's worker processes builds the same proxy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,10 @@ __all__ = ["create_app", "main"]
 CONFIG_ENV = "OFFLOADER_SERVE_CONFIG"
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_METRICS_HINT = (
+    "offloader: --metrics-listen needs the metrics extra; install it with\n"
+    "    pip install 'offloader[metrics]'\n"
+)
 _INSTALL_HINT = (
     "offloader: this command needs the server extra; install it with\n"
     "    pip install 'offloader[server]'\n"
@@ -185,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         help="log level (default: info)",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        default=None,
+        metavar="HOST:PORT",
+        help=(
+            "serve Prometheus metrics there (needs the metrics extra: "
+            "pip install 'offloader[metrics]')"
+        ),
+    )
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
@@ -247,6 +262,16 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from .hooks.asgi import default_max_requests
 
+    metrics: contextlib.AbstractContextManager[object] = (
+        contextlib.nullcontext()
+    )
+    if args.metrics_listen is not None:
+        try:
+            from .metrics import serving_metrics
+        except ImportError:
+            sys.stderr.write(_METRICS_HINT)
+            return 2
+        metrics = serving_metrics(*args.metrics_listen, workers=args.workers)
     _raise_fd_limit()
     max_requests = args.max_requests or default_max_requests()
     config = {
@@ -258,14 +283,23 @@ def _serve(args: argparse.Namespace) -> int:
         "max_requests": max_requests,
         "preserve_host": args.preserve_host,
         "log_level": args.log_level,
+        "metrics": args.metrics_listen is not None,
     }
     os.environ[CONFIG_ENV] = json.dumps(config)
     grace = args.grace_period or args.offload_timeout
-    host, port = args.listen
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal
     # again to end the process the default way. A graceful stop is a
     # success: this handler turns that second signal into exit status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    with metrics:
+        _run_uvicorn(uvicorn, args, max_requests, grace)
+    return 0
+
+
+def _run_uvicorn(
+    uvicorn: Any, args: argparse.Namespace, max_requests: int, grace: float
+) -> None:
+    host, port = args.listen
     uvicorn.run(
         "offloader._cli:create_app",
         factory=True,
@@ -287,7 +321,6 @@ def _serve(args: argparse.Namespace) -> int:
         limit_concurrency=max_requests + 64,
         timeout_graceful_shutdown=max(1, round(grace)),
     )
-    return 0
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -328,6 +361,10 @@ def create_app() -> Any:
         max_offloads=config["max_offloads"],
         policy=DestinationPolicy(hosts=hosts),
     )
+    if config["metrics"]:
+        from .metrics import instrument
+
+        instrument(offloader)
     return OffloadProxy(
         backend,
         offloader=offloader,

@@ -213,6 +213,31 @@ def test_serve_with_several_workers(backend: RunningServer) -> None:
     assert [r.status_code for r in responses] == [200] * 10
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_exposes_metrics(
+    backend: RunningServer, offload_server: RunningServer, workers: str
+) -> None:
+    """--metrics-listen serves Prometheus metrics counting the offloads,
+    with one worker or several."""
+    port = free_port()
+    with offloader_serve(
+        backend.url,
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        workers,
+    ) as proxy:
+        for _ in range(3):
+            httpx.get(
+                proxy.url + "/x",
+                headers=offload_to(offload_server.url + "/slow"),
+            )
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics")
+
+    assert scraped.status_code == 200
+    assert 'offloader_offloads_total{outcome="ok"} 3.0' in scraped.text
+
+
 def test_python_dash_m_offloader_shows_help() -> None:
     """``python -m offloader`` is the same command."""
     result = subprocess.run(

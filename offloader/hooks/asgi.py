@@ -190,7 +190,9 @@ def backend_request(
             accept.
         content: The body: bytes, or an async iterable that streams it.
             A ``Content-Length`` among *headers* is kept; without one, a
-            streamed body is sent chunked.
+            streamed body is sent chunked. As in HTTP/1.1, a streamed
+            body is not read at all when *headers* have neither
+            ``Content-Length`` nor ``Transfer-Encoding``.
         client_host: The client's address, for ``X-Forwarded-For``.
         scheme: The scheme the client used, for ``X-Forwarded-Proto``.
         preserve_host: Send the client's ``Host`` instead of the
@@ -205,9 +207,18 @@ def backend_request(
         for name, value in header_pairs(headers)
     ]
     if content is not None and not isinstance(content, bytes):
-        # httpx wants an async iterator; an aiohttp or Starlette stream
-        # may only be iterable.
-        content = _iterate(content)
+        if not any(
+            name in (b"content-length", b"transfer-encoding")
+            for name, _ in pairs
+        ):
+            # HTTP/1.1 framing: a request with neither header has no
+            # body. Sending the stream would make httpx send an empty
+            # chunked body, which some backends refuse on a GET.
+            content = None
+        else:
+            # httpx wants an async iterator; a framework's stream may
+            # only be an async iterable.
+            content = _iterate(content)
     return httpx.Request(
         method,
         _join_target(base, target),
