@@ -511,7 +511,7 @@ class Offloader:
             with deadline_scope(deadline):
                 return self._send(request)
         finally:
-            backend_stream.close()
+            _close_sync(backend)
 
     # -- async I/O --------------------------------------------------------
 
@@ -610,7 +610,7 @@ class Offloader:
                 request = self.build_request(directive, deadline=deadline)
             return await self._asend(request, deadline)
         finally:
-            await backend_stream.aclose()
+            await _close_async(backend)
 
     # -- life cycle -------------------------------------------------------
 
@@ -688,12 +688,16 @@ async def _alimited(
 
 
 def _close_sync(response: httpx.Response) -> None:
+    # Mark it closed as `Response.close` would, so that callers see
+    # `is_closed`; the stream is closed even if the flag was already set.
+    response.is_closed = True
     stream = response.stream
     if isinstance(stream, httpx.SyncByteStream):
         stream.close()
 
 
 async def _close_async(response: httpx.Response) -> None:
+    response.is_closed = True
     stream = response.stream
     if isinstance(stream, httpx.AsyncByteStream):
         await stream.aclose()

@@ -38,6 +38,9 @@ __all__ = [
 
 def _adopt(target: httpx.Response, result: httpx.Response) -> None:
     """Make *target* carry *result*'s status, headers and body."""
+    # The offloader closed *target* as the backend response; it lives on
+    # carrying the offload response, open.
+    target.is_closed = False
     target.status_code = result.status_code
     target.headers = result.headers
     target.stream = result.stream
