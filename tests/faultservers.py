@@ -327,10 +327,29 @@ async def directing_backend(
     ``X-Target`` is the offload URL, ``X-Method`` its method,
     ``X-Forward: N`` forwards an N-byte body of ``f`` bytes, and
     ``X-Timeout`` sets ``Offload-Timeout``. ``X-Extra: name=value``
-    adds any response header.
+    adds any response header. ``X-Delay: S`` waits S seconds first, and
+    ``X-Plain`` answers without offloading.
     """
     assert scope["type"] == "http"
     asked = {name.lower(): value for name, value in scope["headers"]}
+    if b"x-delay" in asked:
+        await asyncio.sleep(float(asked[b"x-delay"]))
+    if b"x-plain" in asked:
+        # No offload asked, but stray directive headers that name an
+        # internal URL: a proxy must not relay them.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"offload-url", b"http://internal.example/secret"),
+                    (b"offload-method", b"POST"),
+                    (b"content-length", b"5"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"plain"})
+        return
     headers = [
         (b"offload-requested", b""),
         (b"offload-url", asked.get(b"x-target", b"")),

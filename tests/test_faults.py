@@ -8,6 +8,9 @@ response, and the offload is accounted as failed.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +18,15 @@ import httpx
 import pytest
 
 from offloader import (
+    DestinationPolicy,
     InvalidDirective,
+    Offloader,
     OffloadError,
     OffloadEvent,
     OffloadRequestFailed,
     OffloadTimeout,
 )
+from offloader.hooks.asgi import OffloadProxy
 
 from .faultservers import (
     MODES,
@@ -30,6 +36,7 @@ from .faultservers import (
     closed_port,
     directing_backend,
     never_reads_body,
+    ok,
     raw_server,
     records_raw,
     records_request,
@@ -37,6 +44,7 @@ from .faultservers import (
     reset_after_headers,
     reset_before_headers,
     silent,
+    trickle,
     truncated_body,
     truncated_forward,
 )
@@ -368,3 +376,265 @@ def test_a_folded_directive_value_is_sent_on_one_line() -> None:
             outcome.error, (InvalidDirective, httpx.RemoteProtocolError)
         )
         assert log == []
+
+
+# -- through the proxy: a real uvicorn serving OffloadProxy -----------------
+
+
+@contextlib.contextmanager
+def running_proxy(
+    backend_url: str, **options: Any
+) -> Iterator[tuple[RunningServer, OffloadProxy]]:
+    """Serve an `OffloadProxy` for *backend_url* with an offloader made
+    of *options*, allowing offloads to 127.0.0.1."""
+    options.setdefault("policy", DestinationPolicy(hosts=["127.0.0.1"]))
+    proxy = OffloadProxy(backend_url, offloader=Offloader(**options))
+    with serve(proxy, lifespan="on") as server:
+        yield server, proxy
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    backend: RunningServer,
+) -> Iterator[tuple[RunningServer, OffloadProxy]]:
+    with running_proxy(backend.url, deadline=5.0) as running:
+        yield running
+
+
+def assert_reveals_nothing(response: httpx.Response, *secrets: str) -> None:
+    """No Offload-* header, and no internal address, reaches the
+    client."""
+    for name, value in response.headers.multi_items():
+        assert not name.lower().startswith("offload-")
+        for secret in secrets:
+            assert secret not in value
+    for secret in (*secrets, "internal.example"):
+        assert secret.encode() not in response.content
+
+
+def proxied(
+    proxy: tuple[RunningServer, OffloadProxy], headers: dict[str, str]
+) -> httpx.Response:
+    server, _ = proxy
+    with httpx.Client(timeout=10) as client:
+        return client.get(server.url + "/", headers=headers)
+
+
+def assert_idle(proxy: tuple[RunningServer, OffloadProxy]) -> None:
+    """The proxy holds no request and its offloader no offload."""
+    _, app = proxy
+    assert wait_for(lambda: app.active == 0)
+    assert wait_for(lambda: app.offloader.in_flight == 0)
+
+
+def test_proxy_connection_refused(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """Refused by the offload server: 502 with a generic body."""
+    target = f"http://127.0.0.1:{closed_port()}/secret"
+
+    response = proxied(proxy, {"X-Target": target})
+
+    assert response.status_code == 502
+    assert response.text == "Bad Gateway\n"
+    assert_reveals_nothing(response, target, "/secret")
+    assert_idle(proxy)
+
+
+def test_proxy_refused_destination(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """A destination outside the policy: 502, and the would-be target
+    is never contacted (this one is 127.0.0.2, not an allowed host)."""
+    with raw_server(silent, host="127.0.0.2") as target:
+        response = proxied(proxy, {"X-Target": target.url + "/x"})
+
+    assert response.status_code == 502
+    assert_reveals_nothing(response, target.url, "127.0.0.2")
+    assert target.accepted == 0
+
+
+def test_proxy_reset_before_headers(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """A reset before any header: 502, revealing nothing."""
+    with raw_server(reset_before_headers) as server:
+        response = proxied(proxy, {"X-Target": server.url + "/s"})
+
+    assert response.status_code == 502
+    assert response.text == "Bad Gateway\n"
+    assert_reveals_nothing(response, server.url)
+    assert_idle(proxy)
+
+
+@pytest.mark.parametrize("fault", [reset_after_headers, truncated_body])
+def test_proxy_aborts_the_client_on_a_broken_offload_body(
+    proxy: tuple[RunningServer, OffloadProxy], fault: Any
+) -> None:
+    """A reset or a clean close in the middle of the offload body aborts
+    the client's connection: the client can tell the response is
+    incomplete, it is never a clean short response."""
+    server, _ = proxy
+
+    with (
+        raw_server(fault) as offload,
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "GET", server.url + "/", headers={"X-Target": offload.url}
+        ) as response,
+    ):
+        status = response.status_code
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
+
+    assert status == 200
+    assert_idle(proxy)
+
+
+def test_proxy_truncated_backend_body_while_forwarded() -> None:
+    """A backend body cut short while forwarded: the offload server never
+    gets a whole request, the client gets a 502."""
+    bodies: list[bytes] = []
+
+    with raw_server(records_request(bodies)) as offload:
+        with (
+            raw_server(truncated_forward(offload.url)) as backend,
+            running_proxy(backend.url) as running,
+        ):
+            response = proxied(running, {})
+            assert_idle(running)
+        closed = wait_for(lambda: offload.closed == offload.accepted)
+
+    assert response.status_code == 502
+    assert_reveals_nothing(response, offload.url)
+    assert bodies == []
+    assert closed
+
+
+def test_proxy_offload_server_that_never_reads_the_body(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """An offload server that never reads a forwarded body: 504 at the
+    directive's deadline."""
+    with raw_server(never_reads_body) as offload:
+        response = proxied(
+            proxy,
+            {
+                "X-Target": offload.url,
+                "X-Method": "POST",
+                "X-Forward": str(32 * 1024 * 1024),
+                "X-Timeout": "1",
+            },
+        )
+
+    assert response.status_code == 504
+    assert response.text == "Gateway Timeout\n"
+    assert_idle(proxy)
+
+
+def test_proxy_strips_stray_directive_headers(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """A backend response that asks for no offload but carries Offload-*
+    headers naming an internal URL is relayed without them."""
+    response = proxied(proxy, {"X-Plain": "1"})
+
+    assert response.status_code == 200
+    assert response.text == "plain"
+    assert_reveals_nothing(response, "internal.example")
+
+
+def raw_client(server: RunningServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def test_proxy_serves_others_while_a_slow_loris_client_trickles(
+    proxy: tuple[RunningServer, OffloadProxy],
+) -> None:
+    """Clients that trickle their request head or body, a byte at a
+    time, do not hold up other clients; once they leave, the proxy is
+    idle again."""
+    server, _ = proxy
+    slow_head = raw_client(server)
+    slow_body = raw_client(server)
+    slow_body.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nX-Plain: 1\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    statuses = []
+
+    with raw_server(ok(b"fast")) as offload:
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1":
+            slow_head.sendall(bytes([byte]))
+            slow_body.sendall(b"b")
+            if byte % 8 == 0:
+                statuses.append(
+                    proxied(proxy, {"X-Target": offload.url}).status_code
+                )
+    slow_head.close()
+    slow_body.close()
+
+    assert statuses
+    assert set(statuses) == {200}
+    assert_idle(proxy)
+
+
+class Stage:
+    """Where a raw client hangs up."""
+
+    PARTIAL_HEAD = "partial head"
+    PARTIAL_BODY = "partial body"
+    BACKEND_THINKING = "backend thinking"
+    OFFLOAD_WAITING = "waiting for the offload server"
+    OFFLOAD_RELAY = "offload body being relayed"
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        Stage.PARTIAL_HEAD,
+        Stage.PARTIAL_BODY,
+        Stage.BACKEND_THINKING,
+        Stage.OFFLOAD_WAITING,
+        Stage.OFFLOAD_RELAY,
+    ],
+)
+def test_proxy_client_disconnects_at_every_stage(
+    proxy: tuple[RunningServer, OffloadProxy], stage: str
+) -> None:
+    """A client that hangs up at any stage leaves nothing behind: the
+    proxy is idle again, and an offload server it was talking to sees
+    its connection closed within a second."""
+    server, _ = proxy
+    behaviour = silent if stage == Stage.OFFLOAD_WAITING else trickle(0.05)
+
+    with raw_server(behaviour) as offload:
+        sock = raw_client(server)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Target: %s\r\n" % (
+            offload.url.encode()
+        )
+        if stage == Stage.PARTIAL_HEAD:
+            sock.sendall(head[:20])
+        elif stage == Stage.PARTIAL_BODY:
+            sock.sendall(
+                head.replace(b"GET", b"POST")
+                + b"Content-Length: 100\r\n\r\n"
+                + b"x" * 10
+            )
+        elif stage == Stage.BACKEND_THINKING:
+            sock.sendall(head + b"X-Delay: 5\r\n\r\n")
+        else:
+            sock.sendall(head + b"\r\n")
+            assert wait_for(lambda: offload.accepted == 1)
+            if stage == Stage.OFFLOAD_RELAY:
+                assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        time.sleep(0.1)
+        sock.close()
+        offload_closed = wait_for(
+            lambda: offload.closed == offload.accepted, timeout=1.0
+        )
+
+    assert offload_closed
+    assert_idle(proxy)
