@@ -24,7 +24,15 @@ DOCS = ROOT / "docs"
 
 #: What each example must print: each entry starts a line of its output.
 #: An example missing here fails `test_every_example_is_checked`.
+_LOOP_OUTPUT = [
+    "200 report for /reports/42?format=txt (api key: secret-key)",
+    "201 {'shouted': 'HELLO', 'content_type': 'application/json'}",
+    "200 hello from the backend",
+    "502 Bad Gateway",
+]
 EXPECTED: dict[str, list[str]] = {
+    "aiohttp_loop.py": _LOOP_OUTPUT,
+    "starlette_loop.py": _LOOP_OUTPUT,
     "asgi_proxy.py": [
         "/report 200 report for /reports/42?format=txt (api key: secret-key)",
         "/download 200 report for /files/report.txt (api key: none)",
@@ -32,12 +40,7 @@ EXPECTED: dict[str, list[str]] = {
         "/broken 502 Bad Gateway",
         'offloader_offloads_total{outcome="ok"} 2.0',
     ],
-    "asyncio_loop.py": [
-        "200 report for /reports/42?format=txt (api key: secret-key)",
-        "201 {'shouted': 'HELLO', 'content_type': 'application/json'}",
-        "200 hello from the backend",
-        "502 Bad Gateway",
-    ],
+    "asyncio_loop.py": _LOOP_OUTPUT,
     "httpx_hook.py": [
         "200 report for /reports/42?format=txt (api key: secret-key)",
         "served by: offload-server",
