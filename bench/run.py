@@ -49,6 +49,20 @@ INSTALL_HINT = (
     "Ubuntu run `apt-get update && apt-get install -y nginx wrk`"
 )
 
+# A client that backs off for a second after a refusal (503), as a
+# client honouring Retry-After would; without it, the refused
+# connections would retry in a hot loop and measure that loop instead.
+WRK_BACKOFF_LUA = """
+local refused = false
+response = function(status, headers, body)
+  refused = status == 503
+end
+delay = function()
+  if refused then return 1000 end
+  return 0
+end
+"""
+
 WRK_LUA = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -93,6 +107,9 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering off;
+      proxy_buffer_size 256k;
+      proxy_buffers 4 256k;
+      proxy_busy_buffers_size 512k;
       proxy_read_timeout 120s;
     }}
   }}
@@ -113,7 +130,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout=20.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            why = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"{proc.args!r} exited: {why}")
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", port), timeout=0.5),
@@ -227,16 +245,25 @@ class System:
             stop(proc)
 
 
-def _uvicorn(module: str, extra_env: dict[str, str]) -> Callable[..., Any]:
+def _uvicorn(
+    module: str, extra_env: dict[str, str], factory: bool = False
+) -> Callable[..., Any]:
     def launch(env: Env, port: int) -> subprocess.Popen[bytes]:
         cmd = [
             PY, "-m", "uvicorn", module, "--host", "127.0.0.1",
+            *(["--factory"] if factory else []),
             "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning",
             "--backlog", "8192",
         ]  # fmt: skip
         return start(
-            cmd, PROXY_CORE, {"BENCH_BACKEND": env.backend, **extra_env}
+            cmd,
+            PROXY_CORE,
+            {
+                "BENCH_BACKEND": env.backend,
+                "BENCH_MAX_OFFLOADS": str(env.max_offloads),
+                **extra_env,
+            },
         )
 
     return launch
@@ -297,10 +324,14 @@ def all_systems() -> dict[str, System]:
     for engine in ("httpcore", "httpx-aiohttp", "aiohttp"):
         systems.append(
             System(
-                f"core on {engine}",
+                f"OffloadProxy on {engine}",
                 "/offload",
                 "/offload-bytes",
-                _uvicorn("bench.core_proxy:app", {"BENCH_ENGINE": engine}),
+                _uvicorn(
+                    "bench.proxy_app:create_app",
+                    {"BENCH_ENGINE": engine},
+                    factory=True,
+                ),
                 forwards_body=True,
             )
         )
@@ -318,10 +349,11 @@ def wrk(
     threads: int = 1,
     timeout: float = 10.0,
     tmp: Path,
+    backoff: bool = False,
 ) -> dict[str, Any]:
-    script = tmp / "report.lua"
+    script = tmp / ("backoff.lua" if backoff else "report.lua")
     if not script.exists():
-        script.write_text(WRK_LUA)
+        script.write_text((WRK_BACKOFF_LUA if backoff else "") + WRK_LUA)
     cmd = [
         "taskset", "-c", LOAD_CORE, "wrk", "-t", str(threads),
         "-c", str(connections), "-d", f"{round(seconds)}s",
@@ -402,6 +434,7 @@ def _hold(
     env: Env,
     plan: Plan,
     connections: int,
+    backoff: bool = False,
 ) -> dict[str, Any]:
     """Hold *connections* offloads of L seconds; measure RSS growth."""
     ms = int(plan.hold_latency * 1000)
@@ -417,7 +450,8 @@ def _hold(
         thread = threading.Thread(
             target=lambda: box.update(
                 wrk(url, connections, seconds, threads=2,
-                    timeout=plan.hold_latency + 5, tmp=env.tmp)
+                    timeout=plan.hold_latency + 5, tmp=env.tmp,
+                    backoff=backoff)
             )
         )  # fmt: skip
         thread.start()
@@ -443,7 +477,9 @@ def cell_memory(system: System, env: Env, plan: Plan) -> dict[str, Any]:
     return _hold(system, env, plan, plan.hold_connections)
 
 
-def _stream(url: str, pid: int, tmp: Path) -> tuple[int, float, int, bytes]:
+def _stream(
+    url: str, pid: int, tmp: Path, keep: bool = False
+) -> tuple[int, float, int, bytes]:
     """Download *url* with curl; return size, seconds, peak RSS growth."""
     base = rss(pid)
     peak = [base]
@@ -456,7 +492,7 @@ def _stream(url: str, pid: int, tmp: Path) -> tuple[int, float, int, bytes]:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    body = tmp / "stream-body"
+    body = tmp / "stream-body" if keep else Path(os.devnull)
     try:
         out = subprocess.run(
             ["taskset", "-c", LOAD_CORE, "curl", "-s", "-o", str(body),
@@ -469,7 +505,7 @@ def _stream(url: str, pid: int, tmp: Path) -> tuple[int, float, int, bytes]:
     size, seconds, status = out.stdout.split()
     if status != "200":
         raise RuntimeError(f"{url} answered {status}")
-    head = body.read_bytes()[:64] if body.stat().st_size < 1024 else b""
+    head = body.read_bytes()[:64] if keep else b""
     return int(size), float(seconds), peak[0] - base, head
 
 
@@ -490,7 +526,7 @@ def cell_stream(system: System, env: Env, plan: Plan) -> dict[str, Any]:
         if system.forwards_body:
             url = f"http://127.0.0.1:{run.port}/forward"
             size, seconds, growth, head = _stream(
-                f"{url}?n={plan.stream_bytes}", run.pid, env.tmp
+                f"{url}?n={plan.stream_bytes}", run.pid, env.tmp, keep=True
             )
             if int(head or b"-1") != plan.stream_bytes:
                 raise RuntimeError(f"the sink received {head!r} bytes")
@@ -509,7 +545,9 @@ def limits_check(system: System, env: Env, plan: Plan) -> dict[str, Any]:
     env.max_offloads = plan.max_connections + 500
     result["max_held"] = _hold(system, env, plan, plan.max_connections)
     env.max_offloads = plan.limited_offloads
-    limited = _hold(system, env, plan, plan.limited_offloads + 1000)
+    limited = _hold(
+        system, env, plan, plan.limited_offloads + 1000, backoff=True
+    )
     result["over_limit"] = limited
     env.max_offloads = 20_000
     return result
@@ -562,7 +600,7 @@ def run(plan: Plan, names: list[str], figures: list[str]) -> dict[str, Any]:
                 cell = cell_stream(system, env, plan)
                 print(_brief(cell), flush=True)
                 cells[system.name]["stream"] = [cell]
-            if "limits" in figures and system.name == "offloader serve":
+            if "limits" in figures and system.forwards_body:
                 print(f"  limits {system.name} ...", end=" ", flush=True)
                 cell = limits_check(system, env, plan)
                 print(_brief(cell), flush=True)
@@ -754,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
         print("`offloader serve` is not available; skipping it")
         names.remove("offloader serve")
     if args.engines:
-        names += [n for n in all_systems() if n.startswith("core on")]
+        names += [n for n in all_systems() if n.startswith("OffloadProxy on")]
 
     started = time.time()
     results: dict[str, Any] = {
