@@ -17,6 +17,7 @@ import pytest
 
 from offloader import (
     InvalidDirective,
+    OffloadCapacityExceeded,
     Offloader,
     OffloadRequestFailed,
 )
@@ -208,3 +209,28 @@ def test_invalid_directive_logs_a_warning(
     assert len(warnings) == 1
     assert "invalid offload directive" in warnings[0]
     assert "'DELETE'" in warnings[0]
+
+
+def test_capacity_refusal_logs_a_warning(
+    backend: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past max_offloads, the refused offload is logged at WARNING with
+    the count in flight; the held one still logs its INFO line."""
+    caplog.set_level(logging.INFO, logger="offloader")
+    offloader = Offloader(max_offloads=1)
+    bound = hooks(offloader)
+
+    with (
+        offloader,
+        httpx.Client(event_hooks={"response": [bound.response_hook]}) as c,
+        c.stream("GET", f"{backend.url}/offload") as held,
+    ):
+        with pytest.raises(OffloadCapacityExceeded):
+            c.get(f"{backend.url}/offload")
+        held.read()
+
+    warnings = [r.getMessage() for r in _records(caplog, logging.WARNING)]
+    assert warnings == [
+        "refusing an offload: 1 offloads are already in flight"
+    ]
+    assert len(_records(caplog, logging.INFO)) == 1
