@@ -56,3 +56,13 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[server,aiohttp]")
     session.install(*nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "bench.run", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Soak the proxy with 100,000 requests and every fault (not run by
+    default; takes minutes). ``nox -s soak -- --requests 10000`` makes
+    a shorter run."""
+    session.install("-e", ".[server]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.run("python", "-m", "tests.soak", *session.posargs)

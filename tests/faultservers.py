@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import struct
 import threading
@@ -49,7 +50,9 @@ Behaviour = Callable[[socket.socket, "RawServer"], None]
 class RawServer:
     """A threaded TCP server on loopback; see `raw_server`."""
 
-    def __init__(self, behaviour: Behaviour, host: str, port: int) -> None:
+    def __init__(
+        self, behaviour: Behaviour, host: str, port: int, rcvbuf: int = 0
+    ) -> None:
         self.behaviour = behaviour
         self.host = host
         self.accepted = 0
@@ -59,13 +62,21 @@ class RawServer:
         self._lock = threading.Lock()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            # Accepted sockets inherit a small receive buffer, so that a
+            # server that stops reading stalls its peer quickly.
+            self._listener.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf
+            )
         self._listener.bind((host, port))
         self._listener.listen(512)
         self._listener.settimeout(0.05)
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._threads: list[threading.Thread] = []
-        self._conns: list[socket.socket] = []
+        # Live connections and their threads only, so that a long soak
+        # does not keep a record of every connection it ever served.
+        self._threads: set[threading.Thread] = set()
+        self._conns: set[socket.socket] = set()
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -90,13 +101,13 @@ class RawServer:
                 continue
             except OSError:
                 return
-            with self._lock:
-                self.accepted += 1
-                self._conns.append(conn)
             thread = threading.Thread(
                 target=self._run, args=(conn,), daemon=True
             )
-            self._threads.append(thread)
+            with self._lock:
+                self.accepted += 1
+                self._conns.add(conn)
+                self._threads.add(thread)
             thread.start()
 
     def _run(self, conn: socket.socket) -> None:
@@ -109,6 +120,8 @@ class RawServer:
                 conn.close()
             with self._lock:
                 self.closed += 1
+                self._conns.discard(conn)
+                self._threads.discard(threading.current_thread())
 
     def stop(self) -> None:
         self.stopping.set()
@@ -119,17 +132,22 @@ class RawServer:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(5)
 
 
 @contextlib.contextmanager
 def raw_server(
-    behaviour: Behaviour, host: str = "127.0.0.1", port: int = 0
+    behaviour: Behaviour,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rcvbuf: int = 0,
 ) -> Iterator[RawServer]:
     """Run *behaviour* for each connection to a loopback server, on
-    *port* or a free one."""
-    server = RawServer(behaviour, host, port)
+    *port* or a free one; *rcvbuf* sets a receive buffer size."""
+    server = RawServer(behaviour, host, port, rcvbuf)
     try:
         yield server
     finally:
@@ -243,11 +261,15 @@ def never_reads_body(conn: socket.socket, server: RawServer) -> None:
     """Read only the request head and hold the connection, never reading
     the body, until the peer leaves or the server stops."""
     read_head(conn, server)
-    conn.settimeout(0.05)
-    # Peek, so that nothing is consumed: the client's send buffer fills
-    # up and its writes stall, as with a real stuck server.
-    while not _peer_left(conn, server):
-        time.sleep(0.05)
+    # Nothing more is read: the client's send buffer fills up and its
+    # writes stall, as with a real stuck server. poll() tells when the
+    # peer has gone even though unread data is pending.
+    poller = select.poll()
+    gone = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+    poller.register(conn, gone)
+    while not server.stopping.is_set():
+        if poller.poll(50):
+            return
 
 
 def answers_without_reading(conn: socket.socket, server: RawServer) -> None:
