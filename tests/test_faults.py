@@ -151,16 +151,16 @@ def test_offload_server_that_never_reads_the_body(
     """An offload server that reads the head and then nothing more
     stalls the forwarded body; the deadline ends the offload with
     OffloadTimeout (504) instead of hanging."""
-    with raw_server(never_reads_body) as server:
+    with raw_server(never_reads_body, rcvbuf=4096) as server:
         outcome = call(
             mode,
             backend.url,
             {
                 "X-Target": server.url,
                 "X-Method": "POST",
-                "X-Forward": str(32 * 1024 * 1024),
+                "X-Forward": str(8 * 1024 * 1024),
             },
-            deadline=1.0,
+            deadline=0.5,
         )
 
     assert isinstance(outcome.error, OffloadTimeout)
@@ -516,14 +516,14 @@ def test_proxy_offload_server_that_never_reads_the_body(
 ) -> None:
     """An offload server that never reads a forwarded body: 504 at the
     directive's deadline."""
-    with raw_server(never_reads_body) as offload:
+    with raw_server(never_reads_body, rcvbuf=4096) as offload:
         response = proxied(
             proxy,
             {
                 "X-Target": offload.url,
                 "X-Method": "POST",
-                "X-Forward": str(32 * 1024 * 1024),
-                "X-Timeout": "1",
+                "X-Forward": str(8 * 1024 * 1024),
+                "X-Timeout": "0.5",
             },
         )
 
@@ -624,7 +624,7 @@ def test_proxy_client_disconnects_at_every_stage(
                 + b"x" * 10
             )
         elif stage == Stage.BACKEND_THINKING:
-            sock.sendall(head + b"X-Delay: 5\r\n\r\n")
+            sock.sendall(head + b"X-Delay: 0.5\r\n\r\n")
         else:
             sock.sendall(head + b"\r\n")
             assert wait_for(lambda: offload.accepted == 1)

@@ -127,7 +127,7 @@ def assert_sendable(directive: OffloadDirective) -> None:
     )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(responses)
 def test_parsing_any_str_headers(header_pairs: list[tuple[str, str]]) -> None:
     """Any str headers give a sendable directive, None, or
@@ -141,7 +141,7 @@ def test_parsing_any_str_headers(header_pairs: list[tuple[str, str]]) -> None:
         assert_sendable(directive)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(responses.map(latin1))
 def test_parsing_any_byte_headers(
     header_pairs: list[tuple[bytes, bytes]],
@@ -312,7 +312,7 @@ def wire() -> Iterator[tuple[RawServer, RawServer, dict[str, bytes]]]:
 
 
 @settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

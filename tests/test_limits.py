@@ -113,7 +113,7 @@ def test_the_deadline_cuts_off_a_body_trickled_a_byte_a_second(
     second, is cut off at the offload's total deadline with
     OffloadTimeout (504), and its connection is closed."""
     with raw_server(trickle(interval=1.0)) as slow:
-        outcome = call(mode, backend.url, {"X-Target": slow.url}, deadline=0.8)
+        outcome = call(mode, backend.url, {"X-Target": slow.url}, deadline=0.5)
         closed = wait_for(lambda: slow.closed == slow.accepted == 1)
 
     assert outcome.status == 200
@@ -130,7 +130,7 @@ def test_the_deadline_cuts_off_headers_trickled_a_byte_a_second(
     response reaches the caller, also on the sync path, where no single
     read ever times out."""
     with raw_server(trickle_head(interval=1.0)) as slow:
-        outcome = call(mode, backend.url, {"X-Target": slow.url}, deadline=0.8)
+        outcome = call(mode, backend.url, {"X-Target": slow.url}, deadline=0.5)
         closed = wait_for(lambda: slow.closed == slow.accepted == 1)
 
     assert outcome.status is None
