@@ -17,6 +17,7 @@ from offloader import (
     OffloadRequestFailed,
 )
 from offloader._netguard import embedded_ipv4, is_non_public
+from offloader.hooks.asgi import OffloadProxy
 from offloader.hooks.httpx import hooks
 
 from .faultservers import (
@@ -417,3 +418,21 @@ def test_a_user_transport_is_not_guarded(
 
     assert response.text == "ok"
     assert listener.accepted == 1
+
+
+def test_the_proxy_applies_the_address_block(
+    backend: RunningServer, listener: RawServer
+) -> None:
+    """Served by uvicorn, an OffloadProxy whose offloader blocks private
+    addresses answers 502 to a directive aimed at loopback, in any
+    spelling, and the listener there receives nothing."""
+    app = OffloadProxy(backend.url, offloader=Offloader(policy=NO_PRIVATE))
+    answers = []
+
+    with serve(app, lifespan="on") as proxy, httpx.Client() as client:
+        for url in spellings(listener.port):
+            response = client.get(proxy.url, headers={"X-Target": url})
+            answers.append((response.status_code, response.text))
+
+    assert set(answers) == {(502, "Bad Gateway\n")}
+    assert listener.accepted == 0
