@@ -83,8 +83,10 @@ async def proxy(
                         await writer.drain()
             write(h11.EndOfMessage())
             await writer.drain()
+            while conn.their_state is h11.SEND_BODY:
+                await next_event()  # what the backend left of the body
             if conn.their_state is not h11.DONE:
-                break  # the backend left part of the request body unread
+                break  # the client asked to close, or broke the protocol
             conn.start_next_cycle()
     finally:
         writer.close()
