@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -206,6 +207,9 @@ class Offloader:
         self._owns_async_transport = (
             async_transport is None and async_client is None
         )
+        self._loop_transports: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, httpx.AsyncBaseTransport
+        ] = weakref.WeakKeyDictionary()
         self.timeout = httpx.Timeout(timeout)
         self.deadline = float(deadline)
         self.max_hops = max_hops
@@ -516,11 +520,22 @@ class Offloader:
     # -- async I/O --------------------------------------------------------
 
     def _get_async_transport(self) -> httpx.AsyncBaseTransport:
-        if self._async_transport is None:
-            self._async_transport = make_async_transport(
-                self.policy, self.limits
-            )
-        return self._async_transport
+        if not self._owns_async_transport:
+            assert self._async_transport is not None
+            return self._async_transport
+        # A pool's connections belong to the event loop that opened them,
+        # so each running loop gets its own pool: `asyncio.run` twice, or
+        # loops in several threads, may share one offloader (the
+        # module-level default above all).
+        # Limitation: `aclose` closes the pool of the loop it runs on; the
+        # pool of a loop that ended without it is dropped unclosed.
+        loop = asyncio.get_running_loop()
+        transport = self._loop_transports.get(loop)
+        if transport is None:
+            transport = make_async_transport(self.policy, self.limits)
+            self._loop_transports[loop] = transport
+        self._async_transport = transport
+        return transport
 
     async def _asend(
         self, request: httpx.Request, deadline: float
@@ -623,9 +638,13 @@ class Offloader:
     async def aclose(self) -> None:
         """Close the transports this offloader made, if any."""
         self.close()
-        if self._owns_async_transport and self._async_transport is not None:
-            await self._async_transport.aclose()
-            self._async_transport = None
+        if self._owns_async_transport:
+            loop = asyncio.get_running_loop()
+            transport = self._loop_transports.pop(loop, None)
+            if transport is not None:
+                await transport.aclose()
+            if self._async_transport is transport:
+                self._async_transport = None
 
     def __enter__(self) -> Offloader:
         return self

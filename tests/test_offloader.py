@@ -3,9 +3,13 @@ own promises, beyond the wire contract of `test_contract.py`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -34,7 +38,12 @@ from offloader.hooks.httpx import (
     hooks,
     response_hook,
 )
-from tests.backends import Responder, Sites, open_sites
+from tests.backends import (
+    Responder,
+    Sites,
+    hang_until_disconnect,
+    open_sites,
+)
 
 
 @pytest.fixture(scope="module")
@@ -604,3 +613,84 @@ def test_timeout_is_not_a_request_failure() -> None:
     assert not issubclass(OffloadTimeout, OffloadRequestFailed)
     assert not issubclass(OffloadRequestFailed, OffloadTimeout)
     assert OffloadError("x").status_code == 502
+
+
+# -- event loops and cancellation ---------------------------------------------
+
+
+#: Offloads with the module-level async hook in three event loops, one
+#: after another, without closing anything in between.
+_LOOPS_SCRIPT = """
+import asyncio, sys
+import httpx
+from offloader.hooks.httpx import async_response_hook
+
+async def main():
+    hooks = {"response": [async_response_hook]}
+    async with httpx.AsyncClient(event_hooks=hooks) as client:
+        return (await client.get(sys.argv[1])).text
+
+print([asyncio.run(main()) for _ in range(3)])
+"""
+
+
+def test_one_offloader_serves_one_event_loop_after_another(
+    sites: Sites,
+) -> None:
+    """The module-level default offloader keeps working from one event
+    loop to the next, as several `asyncio.run` calls in a script do,
+    even without `aclose` in between. (Run in a child process: the
+    pools of the ended loops are dropped unclosed, a documented
+    limitation, and their sockets warn.)"""
+    sites.backend.use(Responder(headers=offload_to(sites.offload.url)))
+    sites.offload.use(Responder(body=[b"loop"]))
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore::ResourceWarning",
+            "-c",
+            _LOOPS_SCRIPT,
+            sites.backend.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.stdout.strip() == "['loop', 'loop', 'loop']", result.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("adapter", ["hook", "transport"])
+async def test_cancelled_offload_leaves_nothing_open(
+    sites: Sites, adapter: str
+) -> None:
+    """Cancelling a caller mid-offload closes the backend response and
+    the offload request, and frees the offload's slot."""
+    sites.backend.use(
+        Responder(headers=offload_to(sites.offload.url), body=[b"b"])
+    )
+    sites.offload.use(hang_until_disconnect)
+    off = Offloader()
+    if adapter == "hook":
+        client = httpx.AsyncClient(
+            event_hooks={"response": [hooks(off).async_response_hook]}
+        )
+    else:
+        client = httpx.AsyncClient(
+            transport=AsyncOffloadTransport(offloader=off)
+        )
+
+    async with client:
+        with anyio.move_on_after(0.3) as scope:
+            await client.get(sites.backend.url)
+        in_flight = off.in_flight
+    await off.aclose()
+
+    assert scope.cancelled_caught
+    assert in_flight == 0
+    assert await anyio.to_thread.run_sync(sites.offload.settled, 0)
+    assert await anyio.to_thread.run_sync(sites.backend.settled, 0)
