@@ -40,6 +40,10 @@ def _adopt(target: httpx.Response, result: httpx.Response) -> None:
     """Make *target* carry *result*'s status, headers and body."""
     # The offloader closed *target* as the backend response; it lives on
     # carrying the offload response, open.
+    # Limitation: httpx stores a response's cookies in the client's jar
+    # before the hooks run, so a client with these hooks keeps the
+    # backend's Set-Cookie (even when not kept) and not the offload
+    # server's. The transports do not have this problem.
     target.is_closed = False
     target.status_code = result.status_code
     target.headers = result.headers
