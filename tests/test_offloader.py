@@ -694,3 +694,26 @@ async def test_cancelled_offload_leaves_nothing_open(
     assert in_flight == 0
     assert await anyio.to_thread.run_sync(sites.offload.settled, 0)
     assert await anyio.to_thread.run_sync(sites.backend.settled, 0)
+
+
+def test_transport_client_keeps_the_offload_servers_cookies(
+    sites: Sites,
+) -> None:
+    """Through the transport, the client's cookie jar gets the offload
+    server's cookies, not those of the dropped backend response."""
+    sites.backend.use(
+        Responder(
+            headers=offload_to(
+                sites.offload.url, ("Set-Cookie", "backend=1; Path=/")
+            )
+        )
+    )
+    sites.offload.use(Responder(headers=[("Set-Cookie", "offload=1; Path=/")]))
+    off = Offloader()
+
+    with httpx.Client(transport=OffloadTransport(offloader=off)) as client:
+        client.get(sites.backend.url)
+        cookies = dict(client.cookies)
+    off.close()
+
+    assert cookies == {"offload": "1"}
