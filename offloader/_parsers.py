@@ -257,6 +257,14 @@ class XAccelRedirectParser:
                     f"{target!r}"
                 )
             return OffloadDirective(url=target)
+        path = target.split("?", 1)[0].replace("%2e", ".").replace("%2E", ".")
+        if any(segment in (".", "..") for segment in path.split("/")):
+            # The URL library would resolve them against the base URL and
+            # leave the mapped location: NGINX resolves them before it
+            # matches a location, so such a path was never meant to map.
+            raise InvalidDirective(
+                f"X-Accel-Redirect path has dot segments: {target!r}"
+            )
         for prefix, base in self._locations:
             if target.startswith(prefix):
                 return OffloadDirective(url=base + target[len(prefix) :])

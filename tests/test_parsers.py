@@ -419,6 +419,37 @@ def test_x_accel_unknown_path_is_invalid(path: str) -> None:
         parser.parse(httpx.Headers({"X-Accel-Redirect": path}))
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/../admin",
+        "/files/private/../../admin",
+        "/files/./a",
+        "/files/%2e%2e/admin",
+        "/files/%2E%2e/admin?x=1",
+        "/files/a/..",
+    ],
+)
+def test_x_accel_dot_segments_are_invalid(path: str) -> None:
+    """A path with dot segments could resolve outside its location's
+    base URL: it is refused, as NGINX would never map it there."""
+    parser = XAccelRedirectParser(LOCATIONS)
+
+    with pytest.raises(InvalidDirective, match="dot segments"):
+        parser.parse([("X-Accel-Redirect", path)])
+
+
+def test_x_accel_dots_inside_names_are_fine() -> None:
+    """Dots inside a segment, or in the query, are ordinary."""
+    parser = XAccelRedirectParser(LOCATIONS)
+
+    directive = parser.parse([("X-Accel-Redirect", "/files/a..b/.c?p=../x")])
+
+    assert directive == OffloadDirective(
+        url="http://store:9000/a..b/.c?p=../x"
+    )
+
+
 def test_x_accel_absolute_urls_when_allowed() -> None:
     """allow_absolute_urls accepts a full http(s) URL."""
     parser = XAccelRedirectParser(LOCATIONS, allow_absolute_urls=True)
