@@ -204,7 +204,8 @@ class XAccelRedirectParser:
     prefix is replaced by it: with ``{"/files/": "http://store:9000/"}``,
     ``X-Accel-Redirect: /files/a.txt?v=2`` becomes a GET of
     ``http://store:9000/a.txt?v=2``. The longest matching prefix wins; a
-    path that matches none is an `InvalidDirective`. An absolute
+    path that matches none, or holds ``.`` or ``..`` segments, is an
+    `InvalidDirective`. An absolute
     ``http(s)`` URL is refused unless *allow_absolute_urls* is set.
 
     Args:
