@@ -41,6 +41,7 @@ from offloader.hooks.httpx import (
 from tests.backends import (
     Responder,
     Sites,
+    big_body,
     hang_until_disconnect,
     open_sites,
 )
@@ -450,19 +451,26 @@ def test_capacity_limit_answers_503(sites: Sites) -> None:
 
 def test_destination_policy_refuses_before_sending(sites: Sites) -> None:
     """A destination outside the policy is DestinationRefused, an
-    InvalidDirective, and nothing is sent."""
-    sites.backend.use(Responder(headers=offload_to(sites.offload.url)))
+    InvalidDirective; nothing is sent and the backend response, larger
+    than socket buffers, is closed."""
+    sites.backend.use(
+        Responder(
+            headers=offload_to(sites.offload.url),
+            body=big_body(16 * 1024 * 1024),
+        )
+    )
     sites.offload.use(Responder())
     off = Offloader(policy=DestinationPolicy(hosts=["api.internal"]))
 
-    with (
-        httpx.Client(transport=OffloadTransport(offloader=off)) as client,
-        pytest.raises(DestinationRefused),
-    ):
-        client.get(sites.backend.url)
+    with httpx.Client(transport=OffloadTransport(offloader=off)) as client:
+        for _ in range(2):
+            with pytest.raises(DestinationRefused):
+                client.get(sites.backend.url)
+        settled = sites.backend.settled(max_connections=1)
+    off.close()
 
     assert sites.offload.requests == 0
-    off.close()
+    assert settled
 
 
 @pytest.mark.parametrize(
