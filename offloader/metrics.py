@@ -282,12 +282,12 @@ def _pooled_connections(
     # through httpx's private ``_pool`` attribute, and reports nothing for
     # transports or clients that the user passed in or that have another
     # engine.
-    transports = (
-        offloader._transport if offloader._owns_transport else None,
-        offloader._async_transport
-        if offloader._owns_async_transport
-        else None,
-    )
+    transports: list[object] = []
+    if offloader._owns_transport:
+        transports.append(offloader._transport)
+    if offloader._owns_async_transport:
+        # One pool per event loop that has offloaded.
+        transports += list(offloader._loop_transports.values())
     for transport in transports:
         pool: Any = getattr(transport, "_pool", None)
         yield from getattr(pool, "connections", ())

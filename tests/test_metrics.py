@@ -325,3 +325,27 @@ def test_serving_metrics_with_workers_reads_their_files() -> None:
     # Gauges of processes that exited are left behind (livesum counts the
     # files present); what matters here is that both were summed.
     assert "offloader_offloads_in_flight 2.0" in scraped
+
+
+@pytest.mark.anyio
+async def test_watch_reports_the_async_pool(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """The pool gauge also counts the connections of async offloads."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    offloader = Offloader()
+    instrument(offloader, registry)
+    bound = hooks(offloader)
+
+    async with (
+        offloader,
+        httpx.AsyncClient(
+            event_hooks={"response": [bound.async_response_hook]}
+        ) as client,
+    ):
+        response = await client.get(f"{backend.url}/report")
+        idle = _value(registry, "offloader_pool_connections", state="idle")
+
+    assert response.content == REPORT
+    assert idle == 1
