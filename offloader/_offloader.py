@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 import time
 import weakref
@@ -22,6 +21,7 @@ from collections.abc import (
 )
 from typing import Literal, TypeVar
 
+import anyio
 import httpx
 
 from ._directive import OffloadDirective
@@ -722,21 +722,16 @@ async def _close_async(response: httpx.Response) -> None:
         await stream.aclose()
 
 
-if sys.version_info >= (3, 11):
+async def _before(deadline: float, step: Awaitable[_T]) -> _T:
+    """Await *step*, raising `TimeoutError` past *deadline*.
 
-    async def _before(deadline: float, step: Awaitable[_T]) -> _T:
-        """Await *step*, raising `TimeoutError` past *deadline*."""
-        loop_deadline = asyncio.get_running_loop().time() + (
-            deadline - time.monotonic()
-        )
-        async with asyncio.timeout_at(loop_deadline):
-            return await step
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _before(deadline: float, step: Awaitable[_T]) -> _T:
-        """Await *step*, raising `TimeoutError` past *deadline*."""
-        return await asyncio.wait_for(step, deadline - time.monotonic())
+    The deadline cancels through anyio (a dependency of httpx), not
+    `asyncio.timeout`: httpcore and anyio shield their clean-up, and the
+    opening of a connection, from anyio's cancellation only. A bare
+    `Task.cancel` landing there leaks the socket.
+    """
+    with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+        return await step
 
 
 class _OffloadStream(httpx.SyncByteStream):

@@ -16,7 +16,9 @@ framework takes a few lines (see ``examples/``):
   ``send``;
 - `error_response` maps an exception to a short, generic answer.
 
-This module imports only httpx, attrs and the standard library.
+This module imports only httpx, attrs, anyio (a dependency of httpx,
+for cancellation that httpcore's clean-up respects) and the standard
+library.
 
 Logging, under the ``offloader`` logger: a failed backend request or an
 aborted response at WARNING, with the details that the client never sees;
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -39,6 +40,7 @@ from collections.abc import (
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
+import anyio
 import attrs
 import httpx
 
@@ -70,6 +72,8 @@ logger = logging.getLogger("offloader")
 Scope: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_Timeouts: TypeAlias = httpx.Timeout | float | None
 
 #: Timeouts of backend requests. A backend that offloads answers at once;
 #: one that does the work itself may take a while.
@@ -274,7 +278,8 @@ async def request_from_scope(
     backend: httpx.URL | str,
     *,
     preserve_host: bool = False,
-    timeout: httpx.Timeout | float | None = DEFAULT_BACKEND_TIMEOUT,
+    # The backend request's timeouts, not a deadline of this call:
+    timeout: _Timeouts = DEFAULT_BACKEND_TIMEOUT,  # noqa: ASYNC109
 ) -> httpx.Request:
     """Build the backend's copy of an ASGI HTTP request.
 
@@ -469,10 +474,10 @@ def default_max_requests() -> int:
 class _Exchange:
     """The state of one proxied request, shared with its watcher."""
 
-    __slots__ = ("disconnected", "finished", "task", "watcher")
+    __slots__ = ("cancel_scope", "disconnected", "finished", "watcher")
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task
+    def __init__(self, cancel_scope: anyio.CancelScope) -> None:
+        self.cancel_scope = cancel_scope
         self.watcher: asyncio.Task[None] | None = None
         self.finished = False
         self.disconnected = False
@@ -484,9 +489,9 @@ async def _watch(receive: Receive, exchange: _Exchange) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-    if not exchange.finished and exchange.task is not None:
+    if not exchange.finished:
         exchange.disconnected = True
-        exchange.task.cancel()
+        exchange.cancel_scope.cancel()
 
 
 class OffloadProxy:
@@ -624,7 +629,26 @@ class OffloadProxy:
         )
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = _Exchange(asyncio.current_task())
+        # The exchange is cancelled through an anyio cancel scope, not
+        # with Task.cancel: httpcore and anyio shield their clean-up (and
+        # a connection being opened) from anyio's cancellation only, and
+        # a bare Task.cancel landing there leaks the socket.
+        with anyio.CancelScope() as cancel_scope:
+            exchange = _Exchange(cancel_scope)
+            try:
+                await self._exchange(scope, receive, send, exchange)
+            finally:
+                exchange.finished = True
+                if exchange.watcher is not None:
+                    exchange.watcher.cancel()
+        if exchange.disconnected:
+            logger.debug(
+                "client disconnected: %s %s", scope["method"], scope["path"]
+            )
+
+    async def _exchange(
+        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+    ) -> None:
         response: httpx.Response | None = None
         started = False
         try:
@@ -660,18 +684,8 @@ class OffloadProxy:
             response = await self.offloader.amodify_response(response)
             started = True
             await _relay(response, send, self._prefixes)
-            exchange.finished = True
-        except asyncio.CancelledError:
-            if not exchange.disconnected:
-                raise
-            _uncancel(exchange.task)
-            logger.debug(
-                "client disconnected: %s %s", scope["method"], scope["path"]
-            )
         except ClientDisconnected:
-            logger.debug(
-                "client disconnected: %s %s", scope["method"], scope["path"]
-            )
+            exchange.disconnected = True
         except Exception as exc:
             self._log_error(scope, exc, started)
             if not started:
@@ -683,10 +697,9 @@ class OffloadProxy:
             # truncated response, not a clean short one.
         finally:
             exchange.finished = True
-            if exchange.watcher is not None:
-                exchange.watcher.cancel()
             if response is not None:
-                await response.aclose()
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
 
     @staticmethod
     def _log_error(scope: Scope, exc: Exception, started: bool) -> None:
@@ -715,15 +728,3 @@ async def _send_error(send: Send, error: ErrorResponse) -> None:
         }
     )
     await send({"type": "http.response.body", "body": error.body})
-
-
-if sys.version_info >= (3, 11):
-
-    def _uncancel(task: asyncio.Task[Any] | None) -> None:
-        if task is not None:
-            task.uncancel()
-
-else:  # pragma: no cover - Python 3.10 counts no cancellations
-
-    def _uncancel(task: asyncio.Task[Any] | None) -> None:
-        pass
