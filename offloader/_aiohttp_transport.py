@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -102,6 +102,13 @@ def _mapped(request: httpx.Request, *, sending: bool) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        cause = exc.__cause__
+        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(
+            cause, (OSError, aiohttp.ClientError, type(None))
+        ):
+            # The request body's own iterator failed (a size limit, the
+            # backend): that error is the one to report, not the write.
+            raise cause from None
         mapped = _map_exception(exc, request, sending=sending)
         if mapped is None:
             raise
@@ -112,10 +119,14 @@ class _ResponseStream(httpx.AsyncByteStream):
     """An aiohttp response body as an httpx stream, chunk as received."""
 
     def __init__(
-        self, response: aiohttp.ClientResponse, request: httpx.Request
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        release: Callable[[], None],
     ) -> None:
         self._response = response
         self._request = request
+        self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _mapped(self._request, sending=False):
@@ -131,6 +142,10 @@ class _ResponseStream(httpx.AsyncByteStream):
             # Part of the body is still on the wire: the connection
             # cannot be reused.
             response.close()
+        release = self._release
+        if release is not None:
+            self._release = None
+            release()
 
 
 async def _body(stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
@@ -155,13 +170,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             transport's own; it is not closed by `aclose`.
 
     Per-request timeouts come from the request's ``timeout`` extension
-    as httpx sets it: ``pool`` plus ``connect`` bound getting a
-    connection, ``connect`` the TCP and TLS handshake, ``read`` each
-    read.
+    as httpx sets it: ``pool`` bounds the wait for a free connection
+    (then `httpx.PoolTimeout`), ``connect`` the TCP and TLS handshake,
+    ``read`` each read.
 
     Limitation: aiohttp has no write timeout and no separate cap of idle
     connections, so ``write`` and ``max_keepalive_connections`` are not
     applied; only HTTP/1.1 is spoken.
+
+    Limitation: aiohttp writes a streamed request body in a task of its
+    own while it reads the response. When the server answers before the
+    body is sent, an error raised later by the body's iterator (a client
+    that hung up mid-upload) stays in that task and does not reach the
+    caller, and a write stalled by a server that never reads is closed,
+    not aborted, so its socket lingers until the peer reads or resets.
+    httpx's own transport sends the whole body first and has neither
+    issue; `OffloadProxy` relies on that for its disconnect detection
+    during uploads, so it keeps httpx's transport by default.
     """
 
     def __init__(
@@ -182,19 +207,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.policy = policy
         self._session = session
         self._owns_session = session is None
+        # The connection cap is kept here rather than by aiohttp, whose
+        # wait for a free connection cannot be told from a slow connect:
+        # a full pool must be a PoolTimeout (503), not a timeout (504).
+        self._slots = (
+            asyncio.Semaphore(self.limits.max_connections)
+            if self.limits.max_connections
+            else None
+        )
+
+    def _release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    async def _acquire_slot(
+        self, request: httpx.Request, timeout: float | None
+    ) -> None:
+        if self._slots is None:
+            return
+        if not self._slots.locked():
+            # The common case, without the cost of a timed wait.
+            await self._slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise httpx.PoolTimeout(
+                "no connection became free in time", request=request
+            ) from None
 
     def _make_session(self) -> aiohttp.ClientSession:
         resolver = None
         if self.policy is not None and self.policy.checks_addresses:
             resolver = _GuardedResolver(self.policy)
         connector = aiohttp.TCPConnector(
-            limit=self.limits.max_connections or 0,
+            limit=0,
             limit_per_host=0,
             keepalive_timeout=self.limits.keepalive_expiry or 15.0,
             ssl=self._ssl,
             resolver=resolver,
         )
-        return aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
@@ -202,6 +255,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             skip_auto_headers=_NO_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None),
         )
+        # aiohttp sends an idempotent request a second time when the
+        # server drops the connection before answering. A proxy must not
+        # double what it was asked once, as httpx's own transport does
+        # not. Limitation: aiohttp offers this switch only as a private
+        # attribute (its own test client sets it); without it, the
+        # retry stays on.
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
 
     async def handle_async_request(
         self, request: httpx.Request
@@ -224,31 +286,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         connect = timeout.get("connect")
         pool = timeout.get("pool")
-        with _mapped(request, sending=True):
-            response = await self._session.request(
-                request.method,
-                yarl.URL(str(request.url), encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=(
-                        None
-                        if connect is None or pool is None
-                        else connect + pool
+        await self._acquire_slot(request, pool)
+        try:
+            with _mapped(request, sending=True):
+                response = await self._session.request(
+                    request.method,
+                    yarl.URL(str(request.url), encoded=True),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None,
+                        sock_connect=connect,
+                        sock_read=timeout.get("read"),
                     ),
-                    sock_connect=connect,
-                    sock_read=timeout.get("read"),
-                ),
-            )
+                )
+        except BaseException:
+            self._release_slot()
+            raise
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1")
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),
-            stream=_ResponseStream(response, request),
+            stream=_ResponseStream(response, request, self._release_slot),
             extensions=extensions,
             request=request,
         )

@@ -15,6 +15,7 @@ import pytest
 import offloader
 from offloader._aiohttp_transport import AiohttpTransport
 
+from .faultservers import raw_server, reset_before_headers, trickle
 from .servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -187,6 +188,62 @@ async def test_policy_checks_the_resolved_addresses() -> None:
             await transport.handle_async_request(request)
         await transport.aclose()
         assert server.open_connections == 0
+
+
+async def test_a_full_pool_is_a_pool_timeout() -> None:
+    """With every connection taken, a request waits the ``pool`` timeout
+    and fails with httpx.PoolTimeout (503 through an offloader), not a
+    connect timeout."""
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
+    timeouts = httpx.Timeout(5.0, pool=0.2).as_dict()
+    with raw_server(trickle(interval=0.5)) as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        holding = await transport.handle_async_request(
+            httpx.Request("GET", url, extensions={"timeout": timeouts})
+        )
+
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(
+                httpx.Request("GET", url, extensions={"timeout": timeouts})
+            )
+        await holding.aclose()
+        await transport.aclose()
+
+    assert server.accepted == 1
+
+
+async def test_a_reset_is_not_retried() -> None:
+    """A server that drops the connection before answering gets exactly
+    one attempt: the transport never sends a request twice."""
+    transport = AiohttpTransport()
+    with raw_server(reset_before_headers) as server:
+        request = httpx.Request("GET", f"http://127.0.0.1:{server.port}/")
+
+        with pytest.raises(httpx.TransportError):
+            await transport.handle_async_request(request)
+        await transport.aclose()
+
+    assert server.accepted == 1
+
+
+async def test_an_error_of_the_body_iterator_is_raised_as_is() -> None:
+    """An exception raised by a streamed request body reaches the caller
+    unwrapped, as with httpx's own transport."""
+
+    class Refused(Exception):
+        pass
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise Refused
+
+    transport = AiohttpTransport()
+    with serve(echo_app) as server:
+        request = httpx.Request("POST", server.url, content=chunks())
+
+        with pytest.raises(Refused):
+            await transport.handle_async_request(request)
+        await transport.aclose()
 
 
 def test_importing_offloader_does_not_import_aiohttp() -> None:
