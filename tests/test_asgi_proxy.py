@@ -4,6 +4,7 @@ real backend and offload servers on loopback, real httpx clients."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import socket
@@ -515,6 +516,7 @@ async def test_500_offloads_behind_a_four_slot_backend(
         responses = await many_gets(server.url + "/work", headers, 500)
     elapsed = time.monotonic() - started
 
-    assert [r.status_code for r in responses] == [200] * 500
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 500, collections.Counter(statuses)
     assert all(r.headers["x-slow"] == "yes" for r in responses)
-    assert elapsed < 30
+    assert elapsed < 60

@@ -219,3 +219,27 @@ class OffloadServer:
                 }
             )
         await send({"type": "http.response.body", "body": b""})
+
+
+def main() -> None:
+    """Serve a `Backend` and an `OffloadServer` until stdin closes.
+
+    Prints their base URLs on one line. The leak test runs them in a
+    process of their own, so that they do not share the proxy's CPU.
+    """
+    import sys
+
+    from tests.servers import serve
+
+    slots = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    with (
+        serve(Backend(slots=slots)) as backend,
+        serve(OffloadServer()) as upstream,
+    ):
+        sys.stdout.write(f"{backend.url} {upstream.url}\n")
+        sys.stdout.flush()
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
