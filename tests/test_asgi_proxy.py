@@ -15,8 +15,22 @@ from typing import Any
 import httpx
 import pytest
 
-from offloader import DestinationPolicy, Offloader
-from offloader.hooks.asgi import OffloadProxy
+from offloader import (
+    DestinationPolicy,
+    DestinationRefused,
+    InvalidDirective,
+    OffloadCapacityExceeded,
+    Offloader,
+    OffloadRequestFailed,
+    OffloadTimeout,
+)
+from offloader.hooks import asgi
+from offloader.hooks.asgi import (
+    OffloadProxy,
+    backend_request,
+    error_response,
+    response_headers,
+)
 from tests.servers import RunningServer, serve
 from tests.upstreams import Backend, OffloadServer, wait_for
 
@@ -520,3 +534,108 @@ async def test_500_offloads_behind_a_four_slot_backend(
     assert statuses == [200] * 500, collections.Counter(statuses)
     assert all(r.headers["x-slow"] == "yes" for r in responses)
     assert elapsed < 60
+
+
+def test_head_is_passed_through(proxy: RunningServer) -> None:
+    """A HEAD request reaches the backend as HEAD; the client gets the
+    headers and no body."""
+    response = httpx.head(proxy.url + "/h", headers={"x-reply-x-kind": "head"})
+
+    assert response.status_code == 200
+    assert response.headers["x-kind"] == "head"
+    assert response.content == b""
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (InvalidDirective("bad URL http://10.0.0.1/secret"), 502),
+        (DestinationRefused("host '10.0.0.1' is not allowed"), 502),
+        (OffloadRequestFailed("offload to http://10.0.0.1/ failed"), 502),
+        (OffloadTimeout("offload to http://10.0.0.1/ timed out"), 504),
+        (OffloadCapacityExceeded("500 offloads in flight"), 503),
+        (httpx.ConnectError("connecting to http://10.0.0.1/ failed"), 502),
+        (httpx.ReadTimeout("reading from 10.0.0.1 timed out"), 504),
+        (httpx.PoolTimeout("no connection to 10.0.0.1"), 503),
+        (RuntimeError("a bug near 10.0.0.1"), 500),
+    ],
+)
+def test_error_response_maps_errors_to_generic_answers(
+    error: Exception, status: int
+) -> None:
+    """Each failure maps to its status, a plain-text reason phrase that
+    reveals nothing of the error, and Retry-After for 503 only."""
+    answer = error_response(error, retry_after=7)
+
+    headers = dict(answer.headers)
+    assert answer.status_code == status
+    assert b"10.0.0.1" not in answer.body
+    assert answer.body.endswith(b"\n")
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["content-length"] == str(len(answer.body))
+    assert headers.get("retry-after") == ("7" if status == 503 else None)
+    assert answer.raw_headers == [
+        (name.encode(), value.encode()) for name, value in answer.headers
+    ]
+
+
+def test_response_headers_keep_only_what_a_client_may_see() -> None:
+    """response_headers drops hop-by-hop, Connection-named and Offload-*
+    headers (and extra prefixes), and keeps the framing of the raw body."""
+    response = httpx.Response(
+        200,
+        headers=[
+            ("Content-Length", "5"),
+            ("Content-Encoding", "gzip"),
+            ("Connection", "X-Secret"),
+            ("X-Secret", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("Offload-Url", "http://10.0.0.1/"),
+            ("X-Accel-Redirect", "/internal"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ],
+    )
+
+    kept = response_headers(response, strip_prefixes=["X-Accel-"])
+
+    assert kept == [
+        (b"content-length", b"5"),
+        (b"content-encoding", b"gzip"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
+
+
+def test_backend_request_sets_forwarding_headers() -> None:
+    """backend_request keeps the raw target under the backend's path,
+    drops hop-by-hop headers, appends to X-Forwarded-For and sends the
+    backend's Host."""
+    request = backend_request(
+        "http://backend.internal:3000/app",
+        "POST",
+        b"/a%2Fb?q=%20",
+        [("Host", "shop.example"), ("TE", "trailers"), ("X-A", "1")],
+        content=b"body",
+        client_host="203.0.113.5",
+        scheme="https",
+    )
+
+    assert request.method == "POST"
+    assert request.url.raw_path == b"/app/a%2Fb?q=%20"
+    assert request.headers["host"] == "backend.internal:3000"
+    assert request.headers["x-forwarded-for"] == "203.0.113.5"
+    assert request.headers["x-forwarded-proto"] == "https"
+    assert request.headers["x-forwarded-host"] == "shop.example"
+    assert request.headers["x-a"] == "1"
+    assert "te" not in request.headers
+    assert request.content == b"body"
+
+
+def test_the_public_names_are_exported_and_sorted() -> None:
+    """offloader.hooks.asgi exports a sorted __all__ of existing names."""
+    names = asgi.__all__
+
+    assert names == sorted(names, key=lambda n: (not n.isupper(), n))
+    for name in names:
+        assert hasattr(asgi, name), name
