@@ -591,7 +591,7 @@ def run(plan: Plan, names: list[str], figures: list[str]) -> dict[str, Any]:
                         continue
                     print(f"  rep {rep + 1} {figure:10} {system.name} ...",
                           end=" ", flush=True)  # fmt: skip
-                    cell = cell_kinds[figure](system, env, plan)
+                    cell = _guarded(cell_kinds[figure], system, env, plan)
                     print(_brief(cell), flush=True)
                     cells[system.name].setdefault(figure, []).append(cell)
         for system in systems:
@@ -599,18 +599,31 @@ def run(plan: Plan, names: list[str], figures: list[str]) -> dict[str, Any]:
                 continue  # compared on the per-request figures only
             if "stream" in figures and system.bytes_path:
                 print(f"  stream {system.name} ...", end=" ", flush=True)
-                cell = cell_stream(system, env, plan)
+                cell = _guarded(cell_stream, system, env, plan)
                 print(_brief(cell), flush=True)
                 cells[system.name]["stream"] = [cell]
             if "limits" in figures and system.forwards_body:
                 print(f"  limits {system.name} ...", end=" ", flush=True)
-                cell = limits_check(system, env, plan)
+                cell = _guarded(limits_check, system, env, plan)
                 print(_brief(cell), flush=True)
                 cells[system.name]["limits"] = [cell]
     finally:
         stop(servers)
         shutil.rmtree(tmp, ignore_errors=True)
     return {"cells": cells, "summary": summarize(cells)}
+
+
+def _guarded(
+    measure: Callable[..., dict[str, Any]],
+    system: System,
+    env: Env,
+    plan: Plan,
+) -> dict[str, Any]:
+    """Run one cell; a failure is recorded, and the run goes on."""
+    try:
+        return measure(system, env, plan)
+    except Exception as exc:  # one cell must not end the run
+        return {"error": repr(exc)}
 
 
 def _brief(cell: dict[str, Any]) -> str:
