@@ -8,6 +8,7 @@ response, and the offload is accounted as failed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -638,3 +639,46 @@ def test_proxy_client_disconnects_at_every_stage(
 
     assert offload_closed
     assert_idle(proxy)
+
+
+# -- cancellation ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_offload_leaves_no_orphan_connection(
+    backend: RunningServer,
+) -> None:
+    """An offload cancelled just after the pool gave it a new connection
+    (httpcore leaks such connections) leaves the pool usable: the next
+    offload gets the one connection the pool may hold."""
+    offloader = Offloader(
+        limits=httpx.Limits(max_connections=1),
+        timeout=httpx.Timeout(5.0, pool=0.5),
+    )
+
+    async def offload(client: httpx.AsyncClient, url: str) -> httpx.Response:
+        response = await client.send(
+            client.build_request(
+                "GET", backend.url, headers={"X-Target": url}
+            ),
+            stream=True,
+        )
+        return await offloader.amodify_response(response)
+
+    with raw_server(trickle(interval=0.05)) as slow, raw_server(ok()) as fast:
+        async with offloader, httpx.AsyncClient() as client:
+            holding = await offload(client, slow.url)
+            queued = asyncio.create_task(offload(client, fast.url))
+            await asyncio.sleep(0.2)  # queued now waits for the connection
+            # Closing mid-body drops the connection; the pool opens a new
+            # one for the queued offload, which is cancelled before it
+            # can run on it.
+            await holding.aclose()
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            after = await offload(client, fast.url)
+            body = await after.aread()
+            await after.aclose()
+
+    assert body == b"ok"

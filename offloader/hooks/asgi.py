@@ -46,6 +46,7 @@ import httpx
 
 from .._errors import OffloadCapacityExceeded, OffloadError
 from .._headers import HOP_BY_HOP_HEADERS, HeadersInput, header_pairs
+from .._netguard import make_async_transport
 from .._offloader import Offloader
 from .._policy import DestinationPolicy
 
@@ -555,8 +556,10 @@ class OffloadProxy:
             policy=DestinationPolicy(hosts=(self.backend.host,)),
             limits=DEFAULT_BACKEND_LIMITS,
         )
-        self.backend_transport = backend_transport or httpx.AsyncHTTPTransport(
-            limits=DEFAULT_BACKEND_LIMITS, trust_env=False
+        # The same pool as the offloader's: it closes the connections a
+        # cancelled request would otherwise leak (see ReclaimingAsyncPool).
+        self.backend_transport = backend_transport or make_async_transport(
+            DestinationPolicy(), DEFAULT_BACKEND_LIMITS
         )
         self.preserve_host = preserve_host
         self.max_requests = max_requests or default_max_requests()
