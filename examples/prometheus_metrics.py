@@ -20,10 +20,12 @@ from offloader.metrics import PrometheusObserver, start_metrics_server
 
 
 def main() -> None:
+    # --8<-- [start:logging]
     # The offloader logs one INFO line per offload and a WARNING per
     # failure; httpx's own request lines stay out at WARNING.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("offloader").setLevel(logging.INFO)
+    # --8<-- [end:logging]
 
     # --8<-- [start:setup]
     registry = CollectorRegistry()  # or leave out: the global registry

@@ -41,6 +41,14 @@ EXPECTED: dict[str, list[str]] = {
         'offloader_offloads_total{outcome="ok"} 2.0',
     ],
     "asyncio_loop.py": _LOOP_OUTPUT,
+    "destination_policy.py": [
+        "allowed: https://api.example.com/v1/report",
+        "allowed: http://reports.svc.internal/r/42",
+        "refused: host 'evil.example.net' is not allowed for offloads",
+        "refused: port 8080 is not allowed for offloads",
+        "refused: scheme 'file' is not allowed for offloads",
+        "refused: address 127.0.0.1 is not allowed for offloads",
+    ],
     "httpx_hook.py": [
         "200 report for /reports/42?format=txt (api key: secret-key)",
         "served by: offload-server",
@@ -252,3 +260,15 @@ def test_deployment_examples_use_valid_commands(command: list[str]) -> None:
     assert args.backend.startswith("http://")
     assert args.listen[0] == "0.0.0.0"
     assert args.workers == 2
+
+
+def test_docs_python_blocks_are_all_included_examples() -> None:
+    """The docs write no Python of their own: each Python block is made
+    of ``--8<--`` lines only, so every line of code shown is run."""
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in _PYTHON_BLOCK.findall(page.read_text()):
+            lines = [line for line in block.splitlines() if line.strip()]
+            assert lines, page
+            assert all(_SNIPPET.match(line) for line in lines), (
+                f"{page.relative_to(ROOT)}: {block[:80]!r}"
+            )
