@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import offloader
+import offloader._parsers
 from offloader import (
     BodyTooLarge,
     DestinationPolicy,
@@ -99,6 +100,34 @@ async def test_async_pass_through_is_the_same_response_unread(
         assert not response.is_stream_consumed
         assert await response.aread() == b"kept"
         await response.aclose()
+
+
+class _CountingHeaders(httpx.Headers):
+    """Headers that count the look-ups made in them."""
+
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups += 1
+        return super().__contains__(key)
+
+
+def test_pass_through_costs_one_header_look_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deciding that a response asks for no offload is one look-up of
+    Offload-Requested: the headers are not scanned."""
+    scans: list[object] = []
+    monkeypatch.setattr(offloader._parsers, "header_pairs", scans.append)
+    response = httpx.Response(200, content=b"x")
+    headers = _CountingHeaders([("X-A", "1")] * 50)
+    response.headers = headers
+
+    result = Offloader().modify_response(response)
+
+    assert result is response
+    assert headers.lookups == 1
+    assert scans == []
 
 
 def test_modify_response_returns_a_new_streaming_response(
