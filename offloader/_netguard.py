@@ -14,127 +14,52 @@ The seam is httpcore's public network-backend interface: the guarded
 backends below resolve the host once, check every address with the
 standard library's `ipaddress`, and hand the checked address to
 httpcore's own backend to connect. TLS still verifies the certificate
-against the host name, which httpcore passes separately.
+against the host name, which httpcore passes separately. The address
+table itself is in `offloader._addresses`.
 
 **Deadlines.** httpcore bounds each read and write by a timeout but has
 no total deadline, and a sync read cannot be cancelled from outside. So
 the sync streams of the offloader's own transports cap every read and
 write by what is left of the current offload's deadline, which the
-offloader sets with `deadline_scope`: a server that trickles its
-headers or body one byte a second is cut off at the deadline. (The async
+offloader sets with `deadline_scope` (in `offloader._deadlines`): a
+server that trickles its headers or body one byte a second is cut off
+at the deadline. (The async
 path cancels the whole exchange at the deadline instead.)
+
+**Pools.** The async pool closes the connections that cancelled
+requests orphan (see `ReclaimingAsyncPool`).
+
+This module imports httpcore, so the offloader loads it only when it
+makes its first transport.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
 
+from ._addresses import IPAddress
+from ._deadlines import bounded
 from ._errors import DestinationRefused
 
 if TYPE_CHECKING:
     from ._policy import DestinationPolicy
 
 __all__ = [
-    "NON_PUBLIC_NETWORKS",
     "AsyncGuardedBackend",
     "DeadlineBackend",
     "GuardedBackend",
-    "IPAddress",
-    "IPNetwork",
     "ReclaimingAsyncPool",
-    "deadline_scope",
-    "embedded_ipv4",
-    "is_non_public",
     "make_async_transport",
     "make_transport",
 ]
-
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-#: Networks that are not the public internet, from the IANA special-purpose
-#: registries (RFC 6890 and its updates). Spelled out rather than taken
-#: from `ipaddress`'s ``is_global``, whose answers changed between Python
-#: 3.10 and 3.13: the policy must mean the same on every version.
-NON_PUBLIC_NETWORKS: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(network)
-    for network in (
-        "0.0.0.0/8",  # "this network", 0.0.0.0 included
-        "10.0.0.0/8",  # private
-        "100.64.0.0/10",  # carrier-grade NAT
-        "127.0.0.0/8",  # loopback
-        "169.254.0.0/16",  # link-local, cloud metadata at 169.254.169.254
-        "172.16.0.0/12",  # private
-        "192.0.0.0/24",  # IETF protocol assignments (Oracle metadata too)
-        "192.0.2.0/24",  # documentation
-        "192.88.99.0/24",  # 6to4 relay anycast
-        "192.168.0.0/16",  # private
-        "198.18.0.0/15",  # benchmarking
-        "198.51.100.0/24",  # documentation
-        "203.0.113.0/24",  # documentation
-        "224.0.0.0/4",  # multicast
-        "240.0.0.0/4",  # reserved, 255.255.255.255 included
-        "::/96",  # unspecified, loopback, IPv4-compatible
-        # IPv4-mapped, NAT64 and 6to4 addresses are judged by the IPv4
-        # address they carry: see embedded_ipv4.
-        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
-        "100::/64",  # discard-only
-        "2001::/23",  # IETF protocol assignments, Teredo included
-        "2001:db8::/32",  # documentation
-        "3fff::/20",  # documentation
-        "5f00::/16",  # segment routing
-        "fc00::/7",  # unique-local
-        "fe80::/10",  # link-local
-        "fec0::/10",  # site-local, deprecated
-        "ff00::/8",  # multicast
-    )
-)
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-
-
-def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """Return the IPv4 address an IPv6 address carries, if it carries one.
-
-    IPv4-mapped (``::ffff:a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``) and
-    6to4 (``2002:AABB:CCDD::``) addresses reach an IPv4 host; they are
-    judged by that host's address.
-    """
-    if isinstance(address, ipaddress.IPv4Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _SIX_TO_FOUR:
-        return address.sixtofour
-    return None
-
-
-def is_non_public(address: IPAddress) -> bool:
-    """Tell whether *address* is outside the public internet.
-
-    An IPv6 address that carries an IPv4 address is non-public when
-    either of the two is.
-    """
-    inner = embedded_ipv4(address)
-    if inner is not None and is_non_public(inner):
-        return True
-    return any(
-        address.version == network.version and address in network
-        for network in NON_PUBLIC_NETWORKS
-    )
 
 
 def _parse_address(text: str) -> IPAddress:
@@ -186,31 +111,6 @@ def _remaining(started: float, timeout: float | None) -> float | None:
 
 # -- deadlines ----------------------------------------------------------------
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "offloader_deadline", default=None
-)
-
-
-@contextlib.contextmanager
-def deadline_scope(deadline: float) -> Iterator[None]:
-    """Bound the sync network I/O inside the block by *deadline*, a
-    `time.monotonic` instant."""
-    token = _deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def _bounded(timeout: float | None) -> float | None:
-    deadline = _deadline.get()
-    if deadline is None:
-        return timeout
-    # Never zero: a zero timeout makes a socket non-blocking, which
-    # reports "would block" instead of a timeout.
-    remaining = max(deadline - time.monotonic(), 0.001)
-    return remaining if timeout is None else min(timeout, remaining)
-
 
 class _DeadlineStream(httpcore.NetworkStream):
     """A sync network stream whose reads and writes end by the deadline
@@ -220,10 +120,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _bounded(timeout))
+        return self._stream.read(max_bytes, bounded(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _bounded(timeout))
+        self._stream.write(buffer, bounded(timeout))
 
     def close(self) -> None:
         self._stream.close()
@@ -236,7 +136,7 @@ class _DeadlineStream(httpcore.NetworkStream):
     ) -> httpcore.NetworkStream:
         return _DeadlineStream(
             self._stream.start_tls(
-                ssl_context, server_hostname, _bounded(timeout)
+                ssl_context, server_hostname, bounded(timeout)
             )
         )
 
@@ -266,7 +166,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
         stream = self._backend.connect_tcp(
             host,
             port,
-            timeout=_bounded(timeout),
+            timeout=bounded(timeout),
             local_address=local_address,
             socket_options=socket_options,
         )
@@ -280,7 +180,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         return _DeadlineStream(
             self._backend.connect_unix_socket(
-                path, _bounded(timeout), socket_options
+                path, bounded(timeout), socket_options
             )
         )
 

@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 import anyio
 import httpx
 
+from ._deadlines import deadline_scope
 from ._directive import OffloadDirective
 from ._errors import (
     BodyTooLarge,
@@ -35,7 +36,6 @@ from ._errors import (
 )
 from ._events import OffloadEvent, OffloadObserver
 from ._headers import HOP_BY_HOP_HEADERS, connection_named_headers
-from ._netguard import deadline_scope, make_async_transport, make_transport
 from ._parsers import DirectiveParser, OffloadHeaderParser, ParserChain
 from ._policy import DestinationPolicy
 
@@ -417,6 +417,8 @@ class Offloader:
         if self._transport is None:
             with self._lock:
                 if self._transport is None:
+                    from ._netguard import make_transport
+
                     self._transport = make_transport(self.policy, self.limits)
         return self._transport
 
@@ -532,6 +534,8 @@ class Offloader:
         loop = asyncio.get_running_loop()
         transport = self._loop_transports.get(loop)
         if transport is None:
+            from ._netguard import make_async_transport
+
             transport = make_async_transport(self.policy, self.limits)
             self._loop_transports[loop] = transport
         self._async_transport = transport

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import attrs
 import httpx
 
+from ._addresses import IPAddress, IPNetwork, embedded_ipv4, is_non_public
 from ._errors import DestinationRefused
-from ._netguard import IPAddress, IPNetwork, embedded_ipv4, is_non_public
 
 __all__ = ["DestinationPolicy"]
 

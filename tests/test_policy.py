@@ -16,7 +16,7 @@ from offloader import (
     Offloader,
     OffloadRequestFailed,
 )
-from offloader._netguard import embedded_ipv4, is_non_public
+from offloader._addresses import embedded_ipv4, is_non_public
 from offloader.hooks.asgi import OffloadProxy
 from offloader.hooks.httpx import hooks
 
