@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -130,8 +131,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout=20.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            why = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"{proc.args!r} exited: {why}")
+            raise RuntimeError(f"{proc.args!r} exited: {_stderr_of(proc)}")
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", port), timeout=0.5),
@@ -141,16 +141,32 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout=20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
+_STDERR: dict[int, Any] = {}
+
+
 def start(
     cmd: list[str], core: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    # stderr goes to an unnamed file, never a pipe: a process that logs
+    # more than a pipe holds would block on it, and stall the cell.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+    proc = subprocess.Popen(
         ["taskset", "-c", core, *cmd],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    _STDERR[proc.pid] = log
+    return proc
+
+
+def _stderr_of(proc: subprocess.Popen[bytes]) -> str:
+    log = _STDERR.get(proc.pid)
+    if log is None:
+        return ""
+    log.seek(0)
+    return str(log.read()[-4000:].decode(errors="replace"))
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -161,8 +177,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
+    log = _STDERR.pop(proc.pid, None)
+    if log is not None:
+        log.close()
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -795,6 +812,9 @@ def main(argv: list[str] | None = None) -> None:
         help="summarize a saved run again, measure nothing",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    # Stopped from outside, still stop what was started (the finally
+    # blocks run on SystemExit, not on a bare SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.from_json is not None:
         report(json.loads(args.from_json.read_text()), args.out)
         return

@@ -71,6 +71,7 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.body_bytes = 0
         self.closed = False
+        self.on_lost: Callable[[], None] | None = None
         self.can_write = asyncio.Event()
         self.can_write.set()
 
@@ -81,6 +82,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.can_write.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -211,10 +214,18 @@ class Backend(_Service):
 
             def work(done: Callable[[], None]) -> None:
                 def finish() -> None:
+                    conn.on_lost = None
                     conn.answer(200, [], SLEEP_BODY)
                     done()
 
-                loop.call_later(ms / 1000, finish)
+                def gone() -> None:
+                    # The client left: the worker is free at once, as a
+                    # worker whose client hung up would be.
+                    timer.cancel()
+                    done()
+
+                timer = loop.call_later(ms / 1000, finish)
+                conn.on_lost = gone
 
             self._with_slot(conn, work)
         elif path == b"/offload-bytes":
