@@ -654,6 +654,11 @@ def _brief(cell: dict[str, Any]) -> str:
     return json.dumps(short(cell))
 
 
+def _spread(cells: list[dict[str, Any]], key: str) -> list[float] | None:
+    values = [c[key] for c in cells if c.get(key) is not None]
+    return [min(values), max(values)] if values else None
+
+
 def summarize(cells: dict[str, Any]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for name, figures in cells.items():
@@ -677,6 +682,17 @@ def summarize(cells: dict[str, Any]) -> dict[str, dict[str, Any]]:
         eff = figures.get("efficiency", [])
         row["efficiency"] = median_of(eff, "efficiency")
         row["p99_s"] = median_of(eff, "p99_s")
+        # The lowest and highest of the repetitions, to judge the noise.
+        row["spread"] = {
+            key: _spread(figures.get(figure, []), key)
+            for figure, key in (
+                ("rps", "rps"),
+                ("rps", "cpu_us_per_request"),
+                ("memory", "bytes_per_held"),
+                ("efficiency", "efficiency"),
+                ("efficiency", "p99_s"),
+            )
+        }
         if figures.get("stream"):
             row["stream"] = figures["stream"][0]
         if figures.get("limits"):
