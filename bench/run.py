@@ -512,7 +512,8 @@ def _stream(
     body = tmp / "stream-body" if keep else Path(os.devnull)
     try:
         out = subprocess.run(
-            ["taskset", "-c", LOAD_CORE, "curl", "-s", "--max-time", "600", "-o", str(body),
+            ["taskset", "-c", LOAD_CORE, "curl", "-s", "--max-time", "600",
+             "-o", str(body),
              "-w", "%{size_download} %{time_total} %{http_code}", url],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
