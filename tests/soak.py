@@ -194,6 +194,17 @@ def run_proxy(port: int, backend: str, log_path: str) -> None:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == STATS_PATH:
+            # Expired keep-alive connections keep their socket until the
+            # pool is next used: close them, so that the figures count
+            # what the proxy really holds.
+            for transport in (
+                offloader._async_transport,
+                proxy.backend_transport,
+            ):
+                pool = getattr(transport, "_pool", None)
+                for connection in list(getattr(pool, "connections", ())):
+                    if connection.has_expired():
+                        await connection.aclose()
             gc.collect()
             stats = {
                 "fds": _fd_count(),
@@ -470,11 +481,22 @@ def stats(soak: Soak) -> dict[str, Any]:
     return result
 
 
-def settle(soak: Soak, idle: float) -> dict[str, Any]:
+def settle(
+    soak: Soak, idle: float, baseline: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Let the proxy idle past every keep-alive expiry, then read its
-    figures."""
+    figures; with a *baseline*, read them again for up to 20 seconds
+    until its file descriptors are back down to it (sockets the peers
+    are still closing get their time)."""
     time.sleep(idle)
-    return stats(soak)
+    figures = stats(soak)
+    end = time.monotonic() + 20
+    while baseline is not None and figures["fds"] > baseline["fds"]:
+        if time.monotonic() > end:
+            break
+        time.sleep(1)
+        figures = stats(soak)
+    return figures
 
 
 @contextlib.contextmanager
@@ -566,8 +588,11 @@ def show(label: str, figures: dict[str, Any]) -> None:
     say(
         f"{label:>9}: fds {figures['fds']}, tasks {figures['tasks']}, "
         f"active {figures['active']}, in flight {figures['in_flight']}, "
-        f"offload pool live/busy {figures['offload_pool']['live']}/"
-        f"{figures['offload_pool']['busy']}, backend pool live/busy "
+        f"offload pool pooled/live/busy "
+        f"{figures['offload_pool']['pooled']}/"
+        f"{figures['offload_pool']['live']}/"
+        f"{figures['offload_pool']['busy']}, backend pool pooled/live/busy "
+        f"{figures['backend_pool']['pooled']}/"
         f"{figures['backend_pool']['live']}/"
         f"{figures['backend_pool']['busy']}, "
         f"rss {figures['rss'] / 2**20:.1f} MiB, "
@@ -634,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         elapsed = time.monotonic() - started
-        after = settle(soak, 6.0)
+        after = settle(soak, 6.0, before)
         logged = log_shapes(log_path)
 
     faults = sum(soak.counts[kind] for kind in FAULTS)
