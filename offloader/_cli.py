@@ -238,20 +238,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------
 
 
-def _raise_fd_limit() -> None:
-    """Let this process use as many descriptors as it is allowed to."""
+def _raise_fd_limit() -> int | None:
+    """Let this process use as many descriptors as it is allowed to.
+
+    Returns the new soft limit, or `None` where there is none to read.
+    """
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
-        return
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
         except (ValueError, OSError):  # pragma: no cover
             logging.getLogger("offloader").warning(
                 "could not raise the file descriptor limit from %d", soft
             )
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _connection_cap(max_requests: int, fd_limit: int | None) -> int:
+    """How many client connections uvicorn may hold before it answers 503.
+
+    The proxy's own *max_requests* admits requests one by one; this cap
+    is the backstop that keeps accepted connections within the
+    descriptors left once every admitted request holds an upstream one.
+    uvicorn counts open connections, so a burst past the cap gets 503
+    for every new request until connections close: the cap stays as high
+    as the descriptors allow.
+    """
+    if fd_limit is None:
+        return max_requests + 64
+    return max(max_requests + 16, fd_limit - max_requests - 128)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -272,8 +292,9 @@ def _serve(args: argparse.Namespace) -> int:
             sys.stderr.write(_METRICS_HINT)
             return 2
         metrics = serving_metrics(*args.metrics_listen, workers=args.workers)
-    _raise_fd_limit()
+    fd_limit = _raise_fd_limit()
     max_requests = args.max_requests or default_max_requests()
+    connection_cap = _connection_cap(max_requests, fd_limit)
     config = {
         "backend": args.backend,
         "allow_hosts": args.allow_host,
@@ -292,12 +313,12 @@ def _serve(args: argparse.Namespace) -> int:
     # success: this handler turns that second signal into exit status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with metrics:
-        _run_uvicorn(uvicorn, args, max_requests, grace)
+        _run_uvicorn(uvicorn, args, connection_cap, grace)
     return 0
 
 
 def _run_uvicorn(
-    uvicorn: Any, args: argparse.Namespace, max_requests: int, grace: float
+    uvicorn: Any, args: argparse.Namespace, connection_cap: int, grace: float
 ) -> None:
     host, port = args.listen
     uvicorn.run(
@@ -316,9 +337,10 @@ def _run_uvicorn(
         # Relayed responses carry their origin's Date and Server.
         server_header=False,
         date_header=False,
-        # Past the proxy's own limit, uvicorn answers 503 before the
-        # connection costs more than its descriptor.
-        limit_concurrency=max_requests + 64,
+        # Limitation: past the descriptor limit itself, the event loop
+        # cannot accept: uvloop (libuv) accepts and closes such a
+        # connection at once, asyncio leaves it waiting in the backlog.
+        limit_concurrency=connection_cap,
         timeout_graceful_shutdown=max(1, round(grace)),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import os
 import shutil
@@ -11,11 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 from offloader._cli import build_parser
 from tests.servers import RunningServer, serve
@@ -59,7 +66,11 @@ class Serving:
 
 
 @contextlib.contextmanager
-def offloader_serve(backend_url: str, *options: str) -> Iterator[Serving]:
+def offloader_serve(
+    backend_url: str,
+    *options: str,
+    preexec_fn: Callable[[], object] | None = None,
+) -> Iterator[Serving]:
     """Run ``offloader serve`` until the block ends; stop it with SIGTERM."""
     port = free_port()
     process = subprocess.Popen(
@@ -77,6 +88,7 @@ def offloader_serve(backend_url: str, *options: str) -> Iterator[Serving]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - sets a limit, no threads
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -236,6 +248,53 @@ def test_serve_exposes_metrics(
 
     assert scraped.status_code == 200
     assert 'offloader_offloads_total{outcome="ok"} 3.0' in scraped.text
+
+
+async def burst(
+    url: str, headers: dict[str, str], count: int
+) -> collections.Counter[object]:
+    """Send *count* GETs at once; count statuses and client errors."""
+
+    async def one(client: httpx.AsyncClient) -> object:
+        try:
+            return (await client.get(url, headers=headers)).status_code
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    clients = [httpx.AsyncClient(timeout=60) for _ in range(10)]
+    try:
+        outcomes = await asyncio.gather(
+            *(one(clients[i % 10]) for i in range(count))
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    return collections.Counter(outcomes)
+
+
+@pytest.mark.skipif(resource is None, reason="needs setrlimit")
+def test_few_descriptors_give_clean_503s_not_a_storm(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """Started with only 256 file descriptors, the proxy holds as many
+    offloads as its descriptors allow (16 here) and answers the rest of
+    a burst with 503 and Retry-After at once, never with an error; it
+    serves normally once the burst is over."""
+
+    def few_descriptors() -> None:
+        assert resource is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    headers = offload_to(offload_server.url + "/slow?delay=1")
+    with offloader_serve(backend.url, preexec_fn=few_descriptors) as proxy:
+        # 100 connections fit under the limit beside the held offloads;
+        # see the limitation on accepting past it in offloader/_cli.py.
+        outcomes = asyncio.run(burst(proxy.url + "/x", headers, 100))
+        after = httpx.get(proxy.url + "/x", headers=headers)
+
+    assert set(outcomes) == {200, 503}, outcomes
+    assert outcomes[200] >= 16
+    assert after.status_code == 200
 
 
 def test_python_dash_m_offloader_shows_help() -> None:
