@@ -639,3 +639,35 @@ def test_the_public_names_are_exported_and_sorted() -> None:
     assert names == sorted(names, key=lambda n: (not n.isupper(), n))
     for name in names:
         assert hasattr(asgi, name), name
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_mid_upload_ends_the_exchange(
+    backend: RunningServer,
+) -> None:
+    """A client that goes away halfway through its request body ends the
+    exchange: the backend request is dropped and the proxy holds
+    nothing."""
+    app = Backend()
+    with (
+        serve(app) as slow_backend,
+        running_proxy(slow_backend.url) as (
+            server,
+            proxy,
+        ),
+    ):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /stream-in HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b"a" * 1000
+        )
+        await writer.drain()
+        await wait_for(app.first_chunk.is_set)
+        writer.close()
+        await writer.wait_closed()
+        idle = await wait_for(
+            lambda: proxy.active == 0 and slow_backend.open_connections == 0
+        )
+
+    assert app.first_chunk.is_set()
+    assert idle

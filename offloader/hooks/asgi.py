@@ -139,6 +139,8 @@ def _forward_headers(
                 host = value
             continue
         if name == b"x-forwarded-for":
+            # Limitation: a client's own X-Forwarded-For is kept and
+            # extended, so only its last entry is the proxy's word.
             forwarded_for.append(value)
             continue
         headers.append((name, value))
@@ -377,6 +379,7 @@ async def _relay(
     )
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
+    # Limitation: HTTP trailers are not relayed; httpx drops them.
     async for chunk in stream:
         if chunk:
             await send(
