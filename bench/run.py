@@ -459,6 +459,11 @@ def _hold(
         assert run.pid is not None
         warm = f"http://127.0.0.1:{run.port}{system.path}?ms=0"
         wrk(warm, 64, 1, tmp=env.tmp)
+        # Start from an idle slow service: nothing of an earlier cell may
+        # count as held by this one.
+        settle = time.monotonic() + plan.hold_latency + 2
+        while env.held() and time.monotonic() < settle:
+            time.sleep(0.1)
         time.sleep(0.5)
         base = rss(run.pid)
         url = f"http://127.0.0.1:{run.port}{system.path}?ms={ms}"

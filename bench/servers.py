@@ -264,15 +264,22 @@ class Slow(_Service):
             self.held += 1
 
             def finish() -> None:
+                conn.on_lost = None
                 self.held -= 1
                 self.served += 1
                 conn.answer(
                     200, [("Content-Type", "application/json")], SLEEP_BODY
                 )
 
-            asyncio.get_running_loop().call_later(
+            def gone() -> None:
+                # Held counts requests someone still waits for.
+                timer.cancel()
+                self.held -= 1
+
+            timer = asyncio.get_running_loop().call_later(
                 query.get("ms", 0) / 1000, finish
             )
+            conn.on_lost = gone
         elif path == b"/bytes":
             self.spawn(conn.stream([], query.get("n", 0)))
         elif path == b"/sink":
