@@ -21,7 +21,6 @@ from collections.abc import (
 )
 from typing import Literal, TypeVar
 
-import anyio
 import httpx
 
 from ._deadlines import deadline_scope
@@ -734,6 +733,10 @@ async def _before(deadline: float, step: Awaitable[_T]) -> _T:
     opening of a connection, from anyio's cancellation only. A bare
     `Task.cancel` landing there leaks the socket.
     """
+    # Imported here, as the transports are: `import offloader` loads
+    # neither anyio nor httpcore.
+    import anyio
+
     with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
         return await step
 
