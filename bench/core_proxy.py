@@ -23,18 +23,20 @@ DROPPED = {b"connection", b"keep-alive", b"transfer-encoding", b"host"}
 LIMITS = httpx.Limits(max_connections=20_000, max_keepalive_connections=512)
 
 
-def make_transport(engine: str) -> httpx.AsyncBaseTransport:
+def make_transport(
+    engine: str, limits: httpx.Limits = LIMITS
+) -> httpx.AsyncBaseTransport:
     """Return a fresh async transport of the named engine."""
     if engine == "httpcore":
-        return httpx.AsyncHTTPTransport(limits=LIMITS, trust_env=False)
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     if engine == "httpx-aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return AiohttpTransport(limits=LIMITS, trust_env=False)
+        return AiohttpTransport(limits=limits, trust_env=False)
     if engine == "aiohttp":
         from offloader import _aiohttp_transport
 
-        return _aiohttp_transport.AiohttpTransport(limits=LIMITS)
+        return _aiohttp_transport.AiohttpTransport(limits=limits)
     raise ValueError(f"unknown engine {engine!r}")
 
 

@@ -30,6 +30,11 @@ def create_app() -> OffloadProxy:
     return OffloadProxy(
         os.environ["BENCH_BACKEND"],
         offloader=offloader,
-        backend_transport=make_transport(engine),
+        # A four-slot backend needs few connections; capping them keeps
+        # aiohttp, which has no cap of idle connections, from spending
+        # the descriptors that held offloads need after a burst.
+        backend_transport=make_transport(
+            engine, httpx.Limits(max_connections=512)
+        ),
         max_requests=int(os.environ.get("BENCH_MAX_OFFLOADS", "20000")),
     )
