@@ -512,6 +512,10 @@ class Offloader:
                 )
             else:
                 _drain(backend_stream, self.drain_limit)
+                # Read: give the backend connection back now rather than
+                # when the offload server answers, or every held offload
+                # would hold a backend connection (and a descriptor).
+                _close_sync(backend)
                 request = self.build_request(directive, deadline=deadline)
             with deadline_scope(deadline):
                 return self._send(request)
@@ -625,6 +629,9 @@ class Offloader:
                 await _before(
                     deadline, _adrain(backend_stream, self.drain_limit)
                 )
+                # See `_send_hop`: a held offload holds no backend
+                # connection.
+                await _close_async(backend)
                 request = self.build_request(directive, deadline=deadline)
             return await self._asend(request, deadline)
         finally:
