@@ -27,7 +27,9 @@ at the deadline. (The async
 path cancels the whole exchange at the deadline instead.)
 
 **Pools.** The async pool closes the connections that cancelled
-requests orphan (see `ReclaimingAsyncPool`).
+requests orphan (see `ReclaimingAsyncPool`), and the async transports
+spread their connections over several pools (see
+`ShardedAsyncTransport`).
 
 This module imports httpcore, so the offloader loads it only when it
 makes its first transport.
@@ -36,10 +38,11 @@ makes its first transport.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -53,10 +56,12 @@ if TYPE_CHECKING:
     from ._policy import DestinationPolicy
 
 __all__ = [
+    "POOL_SHARDS",
     "AsyncGuardedBackend",
     "DeadlineBackend",
     "GuardedBackend",
     "ReclaimingAsyncPool",
+    "ShardedAsyncTransport",
     "make_async_transport",
     "make_transport",
 ]
@@ -423,15 +428,85 @@ class ReclaimingAsyncPool(httpcore.AsyncConnectionPool):
                 await connection.aclose()
 
 
+#: How many pools an async transport of ours spreads its connections over.
+POOL_SHARDS = 16
+
+
+class ShardedAsyncTransport(httpx.AsyncBaseTransport):
+    """Spreads requests over several transports, in turn.
+
+    httpcore's pool looks at every connection it holds each time a
+    request starts or ends, so its CPU cost per request grows with the
+    number of connections: with a thousand offloads in flight it spends
+    milliseconds per request, and the proxy stalls. Several smaller pools
+    keep each look short. A connection is reused only within its own
+    shard, and a shard whose own pool is full answers `PoolTimeout` even
+    if another shard has room: each gets an equal share of the limits.
+
+    Attributes:
+        shards: The transports requests are spread over.
+    """
+
+    def __init__(self, shards: Sequence[httpx.AsyncBaseTransport]) -> None:
+        if not shards:
+            raise ValueError("ShardedAsyncTransport needs at least 1 shard")
+        self.shards = tuple(shards)
+        self._next_shard = itertools.cycle(self.shards).__next__
+
+    async def handle_async_request(
+        self, request: httpx.Request
+    ) -> httpx.Response:
+        return await self._next_shard().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
+
+
+def _share(total: int | None, shards: int) -> int | None:
+    return None if total is None else max(1, -(-total // shards))
+
+
 def make_async_transport(
-    policy: DestinationPolicy, limits: httpx.Limits
-) -> httpx.AsyncHTTPTransport:
+    policy: DestinationPolicy,
+    limits: httpx.Limits,
+    shards: int = POOL_SHARDS,
+) -> httpx.AsyncBaseTransport:
     """The async twin of `make_transport`.
 
-    Its pool is a `ReclaimingAsyncPool`, and it checks addresses with an
-    `AsyncGuardedBackend` when *policy* has address rules.
+    Its pools are `ReclaimingAsyncPool`s that check addresses with an
+    `AsyncGuardedBackend` when *policy* has address rules. With more than
+    one shard, the connection limits are shared out among *shards* pools
+    (see `ShardedAsyncTransport`); a limit under 512 connections keeps
+    one pool.
     """
     ssl_context = httpx.create_ssl_context(trust_env=False)
+    if limits.max_connections is not None:
+        # Small limits are kept exact: a shard gets at least 256
+        # connections, and small pools are cheap to look through anyway.
+        shards = min(shards, limits.max_connections // 256)
+    if shards > 1:
+        shard_limits = httpx.Limits(
+            max_connections=_share(limits.max_connections, shards),
+            max_keepalive_connections=_share(
+                limits.max_keepalive_connections, shards
+            ),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        return ShardedAsyncTransport(
+            [
+                _pool_transport(policy, shard_limits, ssl_context)
+                for _ in range(shards)
+            ]
+        )
+    return _pool_transport(policy, limits, ssl_context)
+
+
+def _pool_transport(
+    policy: DestinationPolicy,
+    limits: httpx.Limits,
+    ssl_context: ssl.SSLContext,
+) -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(
         verify=ssl_context, limits=limits, trust_env=False
     )

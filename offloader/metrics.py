@@ -289,8 +289,10 @@ def _pooled_connections(
         # One pool per event loop that has offloaded.
         transports += list(offloader._loop_transports.values())
     for transport in transports:
-        pool: Any = getattr(transport, "_pool", None)
-        yield from getattr(pool, "connections", ())
+        # Our async transports spread their connections over shards.
+        for shard in getattr(transport, "shards", (transport,)):
+            pool: Any = getattr(shard, "_pool", None)
+            yield from getattr(pool, "connections", ())
 
 
 @attrs.define

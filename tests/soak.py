@@ -161,8 +161,13 @@ def _rss() -> int:
 
 def _live_connections(transport: object) -> dict[str, Any]:
     """Pooled connections that are open, and those of them in use."""
-    pool = getattr(transport, "_pool", None)
-    connections = list(getattr(pool, "connections", ()))
+    connections = [
+        connection
+        for shard in getattr(transport, "shards", (transport,))
+        for connection in getattr(
+            getattr(shard, "_pool", None), "connections", ()
+        )
+    ]
     live = [
         c for c in connections if not c.is_closed() and not c.has_expired()
     ]
@@ -201,10 +206,11 @@ def run_proxy(port: int, backend: str, log_path: str) -> None:
                 offloader._async_transport,
                 proxy.backend_transport,
             ):
-                pool = getattr(transport, "_pool", None)
-                for connection in list(getattr(pool, "connections", ())):
-                    if connection.has_expired():
-                        await connection.aclose()
+                for shard in getattr(transport, "shards", (transport,)):
+                    pool = getattr(shard, "_pool", None)
+                    for connection in list(getattr(pool, "connections", ())):
+                        if connection.has_expired():
+                            await connection.aclose()
             gc.collect()
             stats = {
                 "fds": _fd_count(),
