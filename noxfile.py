@@ -1,11 +1,11 @@
-"""Development sessions: ``nox`` runs tests, lint and typecheck."""
+"""Development sessions: ``nox`` runs tests, lint, typecheck and docs."""
 
 from __future__ import annotations
 
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
