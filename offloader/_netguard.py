@@ -38,11 +38,10 @@ makes its first transport.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -433,15 +432,19 @@ POOL_SHARDS = 16
 
 
 class ShardedAsyncTransport(httpx.AsyncBaseTransport):
-    """Spreads requests over several transports, in turn.
+    """Spreads requests over several transports, the least busy first.
 
     httpcore's pool looks at every connection it holds each time a
     request starts or ends, so its CPU cost per request grows with the
     number of connections: with a thousand offloads in flight it spends
     milliseconds per request, and the proxy stalls. Several smaller pools
-    keep each look short. A connection is reused only within its own
-    shard, and a shard whose own pool is full answers `PoolTimeout` even
-    if another shard has room: each gets an equal share of the limits.
+    keep each look short. Each request goes to the shard with the fewest
+    responses in flight, the first one on a tie, so that a lightly used
+    transport keeps reusing the connections of its first shard.
+
+    Limitation: a connection is reused only within its own shard, and a
+    shard whose pool is full answers `PoolTimeout` even if another has
+    room: each shard gets an equal share of the limits.
 
     Attributes:
         shards: The transports requests are spread over.
@@ -451,16 +454,48 @@ class ShardedAsyncTransport(httpx.AsyncBaseTransport):
         if not shards:
             raise ValueError("ShardedAsyncTransport needs at least 1 shard")
         self.shards = tuple(shards)
-        self._next_shard = itertools.cycle(self.shards).__next__
+        self._in_flight = [0] * len(self.shards)
 
     async def handle_async_request(
         self, request: httpx.Request
     ) -> httpx.Response:
-        return await self._next_shard().handle_async_request(request)
+        in_flight = self._in_flight
+        index = in_flight.index(min(in_flight))
+        in_flight[index] += 1
+        try:
+            response = await self.shards[index].handle_async_request(request)
+        except BaseException:
+            in_flight[index] -= 1
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CountedStream(response.stream, in_flight, index)
+        return response
 
     async def aclose(self) -> None:
         for shard in self.shards:
             await shard.aclose()
+
+
+class _CountedStream(httpx.AsyncByteStream):
+    """A response body that tells its shard when it is closed."""
+
+    def __init__(
+        self, stream: httpx.AsyncByteStream, in_flight: list[int], index: int
+    ) -> None:
+        self._stream = stream
+        self._in_flight = in_flight
+        self._index = index
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            self._in_flight[self._index] -= 1
+        await self._stream.aclose()
 
 
 def _share(total: int | None, shards: int) -> int | None:

@@ -29,7 +29,8 @@ def _pool_sizes(transport: ShardedAsyncTransport) -> list[int]:
 
 async def test_large_limits_spread_connections_over_shards() -> None:
     """With thousands of connections allowed, concurrent requests are
-    spread over several small pools, each with its share of the limit."""
+    spread evenly over several small pools, each with its share of the
+    limit."""
     transport = make_async_transport(
         DestinationPolicy(), httpx.Limits(max_connections=4096)
     )
@@ -49,6 +50,26 @@ async def test_large_limits_spread_connections_over_shards() -> None:
         shard._pool._max_connections == 256  # type: ignore[attr-defined]
         for shard in transport.shards
     )
+
+
+async def test_one_request_at_a_time_reuses_one_connection() -> None:
+    """Requests made one after another all go to the least busy shard,
+    the first one, and reuse its single connection."""
+    transport = make_async_transport(
+        DestinationPolicy(), httpx.Limits(max_connections=4096)
+    )
+    assert isinstance(transport, ShardedAsyncTransport)
+
+    with serve(_slow_ok) as server:
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(5):
+                response = await client.get(server.url)
+                assert response.text == "ok"
+            sizes = _pool_sizes(transport)
+            open_at_server = server.open_connections
+
+    assert sizes == [1] + [0] * 15
+    assert open_at_server == 1
 
 
 async def test_small_limits_keep_one_exact_pool() -> None:
