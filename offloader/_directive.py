@@ -38,7 +38,8 @@ def _check_method(_: object, __: attrs.Attribute[str], value: str) -> None:
         )
 
 
-def _check_url(_: object, __: attrs.Attribute[str], value: str) -> None:
+def _parse_url(value: object) -> httpx.URL:
+    """Parse and check an offload URL, once per directive."""
     if not isinstance(value, str) or not value:
         raise InvalidDirective("offload URL is missing or empty")
     if not is_valid_value(value) or " " in value or "\t" in value:
@@ -53,6 +54,7 @@ def _check_url(_: object, __: attrs.Attribute[str], value: str) -> None:
         raise InvalidDirective(
             f"offload URL must be an absolute http or https URL: {value!r}"
         )
+    return url
 
 
 def _to_headers(value: object) -> object:
@@ -162,7 +164,7 @@ class OffloadDirective:
             to the final response.
     """
 
-    url: str = attrs.field(validator=_check_url)
+    url: str = attrs.field()
     method: str = attrs.field(
         default="GET", converter=_to_method, validator=_check_method
     )
@@ -175,6 +177,16 @@ class OffloadDirective:
     )
     keep_headers: tuple[str, ...] = attrs.field(
         default=(), converter=_to_names, validator=_check_names
+    )
+    # The URL parsed when the directive is made: it validates `url`, and
+    # the offloader builds the request from it without parsing again.
+    _parsed_url: httpx.URL = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: _parse_url(self.url), takes_self=True
+        ),
     )
 
     def evolve(self, **changes: Any) -> OffloadDirective:

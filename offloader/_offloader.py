@@ -260,7 +260,7 @@ class Offloader:
         Raises:
             DestinationRefused: The policy refuses the destination.
         """
-        url = httpx.URL(directive.url)
+        url = directive._parsed_url
         self.policy.check(url)
         timeouts = self.timeout.as_dict()
         if deadline is not None:
