@@ -101,7 +101,7 @@ def _map_error(exc: BaseException, url: str) -> OffloadError:
 
 def _clean_headers(
     raw: list[tuple[bytes, bytes]],
-    strip_prefixes: tuple[bytes, ...],
+    strip_prefixes: tuple[str, ...],
     extra: list[tuple[bytes, bytes]],
 ) -> httpx.Headers:
     """Drop hop-by-hop and directive headers, then add *extra*."""
@@ -110,13 +110,12 @@ def _clean_headers(
         for name, value in raw
         if name.lower() == b"connection"
     )
-    kept = [
-        (name, value)
-        for name, value in raw
-        if not name.lower().startswith(strip_prefixes)
-        and name.decode("latin-1").lower() not in HOP_BY_HOP_HEADERS
-        and name.decode("latin-1").lower() not in named
-    ]
+    dropped = HOP_BY_HOP_HEADERS | named
+    kept = []
+    for name, value in raw:
+        lowered = name.decode("latin-1").lower()
+        if not lowered.startswith(strip_prefixes) and lowered not in dropped:
+            kept.append((name, value))
     return httpx.Headers(kept + extra)
 
 
@@ -197,7 +196,7 @@ class Offloader:
             prefixes[prefix.lower()] = None
         for prefix in strip_header_prefixes:
             prefixes[prefix.lower()] = None
-        self._strip_prefixes = tuple(p.encode("latin-1") for p in prefixes)
+        self._strip_prefixes = tuple(prefixes)
         self._transport = transport
         self._async_transport = async_transport
         self._client = client
