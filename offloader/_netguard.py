@@ -442,6 +442,11 @@ class ShardedAsyncTransport(httpx.AsyncBaseTransport):
     responses in flight, the first one on a tie, so that a lightly used
     transport keeps reusing the connections of its first shard.
 
+    httpcore closes a pool's expired connections only when that pool is
+    used, and a shard may sit unused for long once the load drops; so each
+    request also looks at one idle shard, in turn, and closes the
+    connections of its pool that expired or that the server closed.
+
     Limitation: a connection is reused only within its own shard, and a
     shard whose pool is full answers `PoolTimeout` even if another has
     room: each shard gets an equal share of the limits.
@@ -455,11 +460,16 @@ class ShardedAsyncTransport(httpx.AsyncBaseTransport):
             raise ValueError("ShardedAsyncTransport needs at least 1 shard")
         self.shards = tuple(shards)
         self._in_flight = [0] * len(self.shards)
+        self._next_sweep = 0
 
     async def handle_async_request(
         self, request: httpx.Request
     ) -> httpx.Response:
         in_flight = self._in_flight
+        sweep = self._next_sweep
+        self._next_sweep = (sweep + 1) % len(in_flight)
+        if not in_flight[sweep]:
+            await _close_expired(self.shards[sweep])
         index = in_flight.index(min(in_flight))
         in_flight[index] += 1
         try:
@@ -474,6 +484,21 @@ class ShardedAsyncTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self.shards:
             await shard.aclose()
+
+
+async def _close_expired(transport: httpx.AsyncBaseTransport) -> None:
+    """Close the idle connections of *transport*'s pool that expired or
+    that their server closed, as the pool would on its next request."""
+    # Limitation: reaches the httpcore pool through httpx's private
+    # `_pool`; for any other transport this does nothing.
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool):
+        return
+    for connection in pool.connections:
+        if connection.is_idle() and connection.has_expired():
+            # A closed connection is dropped from the pool by its next
+            # request; one given to a request meanwhile is not used.
+            await connection.aclose()
 
 
 class _CountedStream(httpx.AsyncByteStream):

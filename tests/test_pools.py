@@ -104,3 +104,36 @@ async def test_closing_the_sharded_transport_closes_every_shard() -> None:
             await asyncio.gather(*(client.get(server.url) for _ in range(16)))
 
     assert sum(_pool_sizes(transport)) == 0
+
+
+async def test_expired_connections_of_an_idle_shard_are_closed() -> None:
+    """Connections left in a shard that no request uses any more are
+    closed once they expire, by later requests to the other shards, so
+    that they do not keep their sockets until the shard is used again."""
+    transport = make_async_transport(
+        DestinationPolicy(),
+        httpx.Limits(max_connections=4096, keepalive_expiry=0.2),
+    )
+    assert isinstance(transport, ShardedAsyncTransport)
+
+    with serve(_slow_ok) as server:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await asyncio.gather(*(client.get(server.url) for _ in range(16)))
+            busy_sizes = _pool_sizes(transport)
+            await asyncio.sleep(0.3)
+            # One request at a time: each goes to the first shard, and
+            # each looks at one idle shard in turn.
+            for _ in range(16):
+                assert (await client.get(server.url)).text == "ok"
+            open_shards = [
+                sum(
+                    not connection.is_closed()
+                    for connection in shard._pool.connections  # type: ignore[attr-defined]
+                )
+                for shard in transport.shards
+            ]
+            open_at_server = server.open_connections
+
+    assert busy_sizes == [1] * 16
+    assert open_shards == [1] + [0] * 15
+    assert open_at_server == 1
