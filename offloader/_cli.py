@@ -3,6 +3,12 @@
 ``serve`` runs `OffloadProxy` on uvicorn. Its settings travel to the app
 factory, `create_app`, through one environment variable, so that each of
 uvicorn's worker processes builds the same proxy.
+
+The proxy's connections go through one of two engines (``--engine``):
+aiohttp's client, through `offloader._aiohttp_transport.AiohttpTransport`
+(the default), or httpx's own pool. The bench measured httpcore's cost per
+request growing with the connections it holds, which a proxy holding
+thousands of offloads cannot afford; aiohttp's does not.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = ["create_app", "main"]
 CONFIG_ENV = "OFFLOADER_SERVE_CONFIG"
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_ENGINES = ("aiohttp", "httpx")
 _METRICS_HINT = (
     "offloader: --metrics-listen needs the metrics extra; install it with\n"
     "    pip install 'offloader[metrics]'\n"
@@ -177,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the client's Host header to the backend",
     )
     serve.add_argument(
+        "--engine",
+        choices=_ENGINES,
+        default="aiohttp",
+        help=(
+            "the HTTP client the proxy's connections go through: aiohttp's "
+            "(faster, holds more) or httpx's own pool (default: aiohttp; "
+            "httpx when aiohttp is not installed)"
+        ),
+    )
+    serve.add_argument(
         "--workers",
         type=_positive(int),
         default=1,
@@ -292,6 +309,8 @@ def _serve(args: argparse.Namespace) -> int:
             sys.stderr.write(_METRICS_HINT)
             return 2
         metrics = serving_metrics(*args.metrics_listen, workers=args.workers)
+    _configure_logging(args.log_level)
+    engine = _available_engine(args.engine)
     fd_limit = _raise_fd_limit()
     max_requests = args.max_requests or default_max_requests()
     connection_cap = _connection_cap(max_requests, fd_limit)
@@ -303,6 +322,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_offloads": args.max_offloads,
         "max_requests": max_requests,
         "preserve_host": args.preserve_host,
+        "engine": engine,
         "log_level": args.log_level,
         "metrics": args.metrics_listen is not None,
     }
@@ -349,6 +369,22 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _available_engine(engine: str) -> str:
+    """Return *engine*, or ``"httpx"`` if it is aiohttp and that is not
+    installed (with one warning)."""
+    if engine != "aiohttp":
+        return engine
+    try:
+        import aiohttp  # noqa: F401 - only checks that it is installed
+    except ImportError:
+        logging.getLogger("offloader").warning(
+            "aiohttp is not installed: the proxy runs on httpx's own pool "
+            "(pip install 'offloader[server]' for the faster engine)"
+        )
+        return "httpx"
+    return engine
+
+
 def _configure_logging(level: str) -> None:
     logger = logging.getLogger("offloader")
     logger.setLevel(level.upper())
@@ -375,21 +411,47 @@ def create_app() -> Any:
         if config["allow_any_host"]
         else (backend.host, *config["allow_hosts"])
     )
+    policy = DestinationPolicy(hosts=hosts)
+    engine = _available_engine(config.get("engine", "aiohttp"))
+    # The offloader checks each offload's scheme, host and port with the
+    # policy before it hands the request to any transport; the aiohttp
+    # transport checks the resolved addresses, should the policy have
+    # address rules, as httpx's guarded pool does.
+    transports: tuple[httpx.AsyncBaseTransport, ...] = ()
+    if engine == "aiohttp":
+        from ._aiohttp_transport import AiohttpTransport
+
+        transports = (
+            AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS),
+            AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS, policy=policy),
+        )
     seconds = config["offload_timeout"]
     offloader = Offloader(
+        async_transport=transports[1] if transports else None,
         timeout=httpx.Timeout(seconds, connect=min(seconds, 5.0)),
         deadline=seconds,
         limits=DEFAULT_BACKEND_LIMITS,
         max_offloads=config["max_offloads"],
-        policy=DestinationPolicy(hosts=hosts),
+        policy=policy,
     )
     if config["metrics"]:
         from .metrics import instrument
 
         instrument(offloader)
-    return OffloadProxy(
+
+    class ServedProxy(OffloadProxy):
+        async def aclose(self) -> None:
+            # An offloader closes only the transports it made itself.
+            try:
+                await super().aclose()
+            finally:
+                for transport in transports[1:]:
+                    await transport.aclose()
+
+    return ServedProxy(
         backend,
         offloader=offloader,
+        backend_transport=transports[0] if transports else None,
         preserve_host=config["preserve_host"],
         max_requests=config["max_requests"],
     )

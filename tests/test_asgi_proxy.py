@@ -20,7 +20,6 @@ from offloader import (
     DestinationRefused,
     InvalidDirective,
     OffloadCapacityExceeded,
-    Offloader,
     OffloadRequestFailed,
     OffloadTimeout,
 )
@@ -31,6 +30,7 @@ from offloader.hooks.asgi import (
     error_response,
     response_headers,
 )
+from tests.engines import make_offloader, make_proxy
 from tests.servers import RunningServer, serve
 from tests.upstreams import Backend, OffloadServer, wait_for
 
@@ -49,21 +49,22 @@ def offload_server() -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def running_proxy(
-    backend_url: str, **options: Any
+    backend_url: str, engine: str, **options: Any
 ) -> Iterator[tuple[RunningServer, OffloadProxy]]:
-    """Serve an `OffloadProxy` in front of *backend_url*."""
-    options.setdefault(
-        "offloader", Offloader(policy=DestinationPolicy(hosts=["127.0.0.1"]))
-    )
-    proxy = OffloadProxy(backend_url, **options)
+    """Serve an `OffloadProxy` on *engine* in front of *backend_url*."""
+    if "offloader" not in options:
+        options["offloader"] = make_offloader(
+            engine, policy=DestinationPolicy(hosts=["127.0.0.1"])
+        )
+    proxy = make_proxy(backend_url, engine, **options)
     # The proxy is the edge: uvicorn must not trust X-Forwarded-For.
     with serve(proxy, lifespan="on", proxy_headers=False) as server:
         yield server, proxy
 
 
 @pytest.fixture(scope="module")
-def proxy(backend: RunningServer) -> Iterator[RunningServer]:
-    with running_proxy(backend.url) as (server, _):
+def proxy(backend: RunningServer, engine: str) -> Iterator[RunningServer]:
+    with running_proxy(backend.url, engine) as (server, _):
         yield server
 
 
@@ -152,9 +153,11 @@ def test_path_and_raw_query_are_kept(proxy: RunningServer) -> None:
     assert seen["query"] == "x=1&y=%2F&y=2&z"
 
 
-def test_backend_path_prefixes_the_target(backend: RunningServer) -> None:
+def test_backend_path_prefixes_the_target(
+    backend: RunningServer, engine: str
+) -> None:
     """A path in the backend URL is put in front of each request's path."""
-    with running_proxy(backend.url + "/app/") as (server, _):
+    with running_proxy(backend.url + "/app/", engine) as (server, _):
         response = httpx.get(server.url + "/x?q=1")
 
     assert response.json()["raw_path"] == "/app/x"
@@ -188,9 +191,9 @@ def test_request_headers_are_forwarded_and_cleaned(
     assert seen["host"] == backend.url.removeprefix("http://")
 
 
-def test_host_can_be_preserved(backend: RunningServer) -> None:
+def test_host_can_be_preserved(backend: RunningServer, engine: str) -> None:
     """With preserve_host, the backend sees the client's Host."""
-    with running_proxy(backend.url, preserve_host=True) as (server, _):
+    with running_proxy(backend.url, engine, preserve_host=True) as (server, _):
         response = httpx.get(
             server.url + "/h", headers={"host": "shop.example"}
         )
@@ -221,14 +224,14 @@ def test_response_hop_by_hop_headers_are_dropped(
 
 @pytest.mark.anyio
 async def test_request_body_is_streamed_not_buffered(
-    backend: RunningServer,
+    backend: RunningServer, engine: str
 ) -> None:
     """The backend receives the first chunk of a body before the client
     has sent the second: the proxy streams, it does not buffer."""
     app = Backend()
     with (
         serve(app) as slow_backend,
-        running_proxy(slow_backend.url) as (
+        running_proxy(slow_backend.url, engine) as (
             server,
             _,
         ),
@@ -347,9 +350,12 @@ def test_refused_destination_gives_502(
     assert offload_server.server.server_state.total_requests == before
 
 
-def test_unreachable_backend_gives_502() -> None:
+def test_unreachable_backend_gives_502(engine: str) -> None:
     """A backend that refuses connections gives 502."""
-    with running_proxy(f"http://127.0.0.1:{free_port()}") as (server, _):
+    with running_proxy(f"http://127.0.0.1:{free_port()}", engine) as (
+        server,
+        _,
+    ):
         response = httpx.get(server.url + "/x")
 
     assert response.status_code == 502
@@ -384,13 +390,16 @@ def test_offload_timeout_gives_504(
 
 @pytest.mark.anyio
 async def test_too_many_offloads_give_503_with_retry_after(
-    backend: RunningServer, offload_server: RunningServer
+    backend: RunningServer, offload_server: RunningServer, engine: str
 ) -> None:
     """Past max_offloads, the proxy answers 503 with Retry-After."""
-    offloader = Offloader(
-        max_offloads=1, policy=DestinationPolicy(hosts=["127.0.0.1"])
+    offloader = make_offloader(
+        engine, max_offloads=1, policy=DestinationPolicy(hosts=["127.0.0.1"])
     )
-    with running_proxy(backend.url, offloader=offloader) as (server, _):
+    with running_proxy(backend.url, engine, offloader=offloader) as (
+        server,
+        _,
+    ):
         async with httpx.AsyncClient() as client:
             held = asyncio.ensure_future(
                 client.get(
@@ -413,11 +422,11 @@ async def test_too_many_offloads_give_503_with_retry_after(
 
 @pytest.mark.anyio
 async def test_too_many_requests_give_503_at_once(
-    backend: RunningServer, offload_server: RunningServer
+    backend: RunningServer, offload_server: RunningServer, engine: str
 ) -> None:
     """Past max_requests in flight, new requests get 503 with Retry-After
     without reaching the backend."""
-    with running_proxy(backend.url, max_requests=2, retry_after=3) as (
+    with running_proxy(backend.url, engine, max_requests=2, retry_after=3) as (
         server,
         proxy,
     ):
@@ -456,16 +465,21 @@ def test_truncated_offload_body_aborts_the_client_connection(
 
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_the_offload(
-    backend: RunningServer,
+    backend: RunningServer, engine: str
 ) -> None:
     """When the client goes away, the offload request is cancelled at
     once: the offload server sees its connection close within a second,
     and the proxy holds nothing afterwards."""
     app = OffloadServer()
-    offloader = Offloader(policy=DestinationPolicy(hosts=["127.0.0.1"]))
+    offloader = make_offloader(
+        engine, policy=DestinationPolicy(hosts=["127.0.0.1"])
+    )
     with (
         serve(app) as upstream,
-        running_proxy(backend.url, offloader=offloader) as (server, proxy),
+        running_proxy(backend.url, engine, offloader=offloader) as (
+            server,
+            proxy,
+        ),
     ):
         async with httpx.AsyncClient() as client:
             request = asyncio.ensure_future(
@@ -491,12 +505,15 @@ async def test_client_disconnect_cancels_the_offload(
 
 @pytest.mark.anyio
 async def test_server_sent_events_arrive_one_by_one(
-    backend: RunningServer,
+    backend: RunningServer, engine: str
 ) -> None:
     """Each event reaches the client as soon as the offload server sends
     it: the next one is only sent after the client has the previous."""
     app = OffloadServer()
-    with serve(app) as upstream, running_proxy(backend.url) as (server, _):
+    with (
+        serve(app) as upstream,
+        running_proxy(backend.url, engine) as (server, _),
+    ):
         received = []
         async with (
             httpx.AsyncClient(timeout=10) as client,
@@ -517,7 +534,7 @@ async def test_server_sent_events_arrive_one_by_one(
 
 @pytest.mark.anyio
 async def test_500_offloads_behind_a_four_slot_backend(
-    backend: RunningServer, offload_server: RunningServer
+    backend: RunningServer, offload_server: RunningServer, engine: str
 ) -> None:
     """500 concurrent one-second offloads behind a backend with four
     worker slots all succeed, in a few seconds rather than the 125 s the
@@ -526,7 +543,7 @@ async def test_500_offloads_behind_a_four_slot_backend(
     headers = offload_to(offload_server.url + "/slow?delay=1")
     started = time.monotonic()
 
-    with running_proxy(backend.url) as (server, _):
+    with running_proxy(backend.url, engine) as (server, _):
         responses = await many_gets(server.url + "/work", headers, 500)
     elapsed = time.monotonic() - started
 
@@ -643,7 +660,7 @@ def test_the_public_names_are_exported_and_sorted() -> None:
 
 @pytest.mark.anyio
 async def test_client_disconnect_mid_upload_ends_the_exchange(
-    backend: RunningServer,
+    backend: RunningServer, engine: str
 ) -> None:
     """A client that goes away halfway through its request body ends the
     exchange: the backend request is dropped and the proxy holds
@@ -651,7 +668,7 @@ async def test_client_disconnect_mid_upload_ends_the_exchange(
     app = Backend()
     with (
         serve(app) as slow_backend,
-        running_proxy(slow_backend.url) as (
+        running_proxy(slow_backend.url, engine) as (
             server,
             proxy,
         ),
