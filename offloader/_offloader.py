@@ -16,10 +16,11 @@ import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
+    Callable,
     Iterator,
     Sequence,
 )
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -546,13 +547,15 @@ class Offloader:
     async def _asend(
         self, request: httpx.Request, deadline: float
     ) -> httpx.Response:
+        return await _before(deadline, self._asend_now(request))
+
+    async def _asend_now(self, request: httpx.Request) -> httpx.Response:
         if self._async_client is not None:
-            sending: Awaitable[httpx.Response] = self._async_client.send(
+            return await self._async_client.send(
                 request, stream=True, follow_redirects=False
             )
-        else:
-            sending = self._get_async_transport().handle_async_request(request)
-        return await _before(deadline, sending)
+        transport = self._get_async_transport()
+        return await transport.handle_async_request(request)
 
     async def amodify_response(
         self, response: httpx.Response
@@ -624,15 +627,17 @@ class Offloader:
                     content_headers=self._content_headers(backend),
                     deadline=deadline,
                 )
-            else:
-                await _before(
-                    deadline, _adrain(backend_stream, self.drain_limit)
-                )
+                return await self._asend(request, deadline)
+            # One deadline scope for the drain and the send.
+            scope = _scope_until(deadline)
+            with scope:
+                await _adrain(backend_stream, self.drain_limit)
                 # See `_send_hop`: a held offload holds no backend
                 # connection.
                 await _close_async(backend)
                 request = self.build_request(directive, deadline=deadline)
-            return await self._asend(request, deadline)
+                return await self._asend_now(request)
+            raise TimeoutError("the offload passed its deadline")
         finally:
             await _close_async(backend)
 
@@ -731,20 +736,40 @@ async def _close_async(response: httpx.Response) -> None:
         await stream.aclose()
 
 
-async def _before(deadline: float, step: Awaitable[_T]) -> _T:
-    """Await *step*, raising `TimeoutError` past *deadline*.
+#: The cancel scope class of anyio's asyncio backend, found on first use.
+_scope_class: Callable[..., Any] | None = None
+
+
+def _scope_until(deadline: float) -> Any:
+    """An anyio cancel scope that cancels at *deadline* (a `time.monotonic`
+    instant).
 
     The deadline cancels through anyio (a dependency of httpx), not
     `asyncio.timeout`: httpcore and anyio shield their clean-up, and the
     opening of a connection, from anyio's cancellation only. A bare
     `Task.cancel` landing there leaks the socket.
+
+    `anyio.fail_after` looks up the running async library on each call;
+    the offloader's async path runs on asyncio only (its pools are kept
+    per asyncio loop), so the backend's scope class is looked up once.
     """
+    global _scope_class  # noqa: PLW0603 - a lazily found constant
     # Imported here, as the transports are: `import offloader` loads
     # neither anyio nor httpcore.
     import anyio
 
-    with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+    loop = asyncio.get_running_loop()
+    if _scope_class is None:
+        _scope_class = type(anyio.CancelScope())
+    return _scope_class(deadline=loop.time() + (deadline - time.monotonic()))
+
+
+async def _before(deadline: float, step: Awaitable[_T]) -> _T:
+    """Await *step*, raising `TimeoutError` past *deadline*."""
+    scope = _scope_until(deadline)
+    with scope:
         return await step
+    raise TimeoutError("the offload passed its deadline")
 
 
 class _OffloadStream(httpx.SyncByteStream):
