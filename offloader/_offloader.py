@@ -16,15 +16,14 @@ import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
-    Callable,
     Iterator,
     Sequence,
 )
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import httpx
 
-from ._deadlines import deadline_scope
+from ._deadlines import cancel_scope, deadline_scope
 from ._directive import OffloadDirective
 from ._errors import (
     BodyTooLarge,
@@ -629,7 +628,7 @@ class Offloader:
                 )
                 return await self._asend(request, deadline)
             # One deadline scope for the drain and the send.
-            scope = _scope_until(deadline)
+            scope = cancel_scope(deadline)
             with scope:
                 await _adrain(backend_stream, self.drain_limit)
                 # See `_send_hop`: a held offload holds no backend
@@ -736,37 +735,9 @@ async def _close_async(response: httpx.Response) -> None:
         await stream.aclose()
 
 
-#: The cancel scope class of anyio's asyncio backend, found on first use.
-_scope_class: Callable[..., Any] | None = None
-
-
-def _scope_until(deadline: float) -> Any:
-    """An anyio cancel scope that cancels at *deadline* (a `time.monotonic`
-    instant).
-
-    The deadline cancels through anyio (a dependency of httpx), not
-    `asyncio.timeout`: httpcore and anyio shield their clean-up, and the
-    opening of a connection, from anyio's cancellation only. A bare
-    `Task.cancel` landing there leaks the socket.
-
-    `anyio.fail_after` looks up the running async library on each call;
-    the offloader's async path runs on asyncio only (its pools are kept
-    per asyncio loop), so the backend's scope class is looked up once.
-    """
-    global _scope_class  # noqa: PLW0603 - a lazily found constant
-    # Imported here, as the transports are: `import offloader` loads
-    # neither anyio nor httpcore.
-    import anyio
-
-    loop = asyncio.get_running_loop()
-    if _scope_class is None:
-        _scope_class = type(anyio.CancelScope())
-    return _scope_class(deadline=loop.time() + (deadline - time.monotonic()))
-
-
 async def _before(deadline: float, step: Awaitable[_T]) -> _T:
     """Await *step*, raising `TimeoutError` past *deadline*."""
-    scope = _scope_until(deadline)
+    scope = cancel_scope(deadline)
     with scope:
         return await step
     raise TimeoutError("the offload passed its deadline")

@@ -44,6 +44,7 @@ import anyio
 import attrs
 import httpx
 
+from .._deadlines import cancel_scope
 from .._errors import OffloadCapacityExceeded, OffloadError
 from .._headers import HOP_BY_HOP_HEADERS, HeadersInput, header_pairs
 from .._netguard import make_async_transport
@@ -162,8 +163,13 @@ def _timeout_extension(
     return httpx.Timeout(timeout).as_dict()
 
 
-def _join_target(base: httpx.URL, target: bytes) -> httpx.URL:
-    prefix = base.raw_path.rstrip(b"/")
+def _join_target(
+    base: httpx.URL, target: bytes, prefix: bytes | None = None
+) -> httpx.URL:
+    """*base* with *target* appended to its path; *prefix*, if given, is
+    ``base.raw_path`` without its trailing slashes, worked out before."""
+    if prefix is None:
+        prefix = base.raw_path.rstrip(b"/")
     if not target.startswith(b"/"):
         target = b"/" + target
     return base.copy_with(raw_path=prefix + target)
@@ -551,6 +557,7 @@ class OffloadProxy:
         strip_header_prefixes: Sequence[str] = (),
     ) -> None:
         self.backend = httpx.URL(backend)
+        self._path_prefix = self.backend.raw_path.rstrip(b"/")
         if self.backend.scheme not in ("http", "https"):
             raise ValueError(
                 f"the backend must be an http or https URL, not {backend!r}"
@@ -639,8 +646,8 @@ class OffloadProxy:
         # with Task.cancel: httpcore and anyio shield their clean-up (and
         # a connection being opened) from anyio's cancellation only, and
         # a bare Task.cancel landing there leaks the socket.
-        with anyio.CancelScope() as cancel_scope:
-            exchange = _Exchange(cancel_scope)
+        with cancel_scope() as exchange_scope:
+            exchange = _Exchange(exchange_scope)
             try:
                 await self._exchange(scope, receive, send, exchange)
             finally:
@@ -674,7 +681,9 @@ class OffloadProxy:
                 self._start_watching(receive, exchange)
             request = httpx.Request(
                 scope["method"],
-                _join_target(self.backend, _target_of(scope)),
+                _join_target(
+                    self.backend, _target_of(scope), self._path_prefix
+                ),
                 headers=_forward_headers(
                     scope["headers"],
                     _client_host(scope),
@@ -704,7 +713,7 @@ class OffloadProxy:
         finally:
             exchange.finished = True
             if response is not None:
-                with anyio.CancelScope(shield=True):
+                with cancel_scope(shield=True):
                     await response.aclose()
 
     @staticmethod
