@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import aiohttp.abc
+import aiohttp.client_proto
+import aiohttp.payload
 import httpx
 import yarl
 
@@ -40,8 +44,11 @@ __all__ = ["AiohttpTransport"]
 # would clash with the framing it chooses.
 _NOT_SENT = frozenset({b"transfer-encoding"})
 
+# SO_LINGER on, with no time to linger: closing the socket resets it.
+_RESET = struct.pack("ii", 1, 0)
+
 # Headers aiohttp would otherwise add on its own.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 
 
 class _GuardedResolver(aiohttp.abc.AbstractResolver):
@@ -65,6 +72,32 @@ class _GuardedResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class _Handler(aiohttp.client_proto.ResponseHandler):
+    """aiohttp's connection protocol, resetting an abandoned connection.
+
+    asyncio closes a socket only once its queued bytes are sent, and the
+    kernel, once closed, still holds the unsent bytes and the FIN behind
+    them. So a request abandoned mid-body (a deadline, a client gone) to
+    a server that has stopped reading would keep its socket for as long
+    as that server keeps the connection open, and the server would never
+    learn that it was given up. Those bytes are never wanted: such a
+    connection is reset instead.
+    """
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, _RESET
+                    )
+            self.abort()
+        else:
+            super().close()
 
 
 def _map_exception(
@@ -148,9 +181,82 @@ class _ResponseStream(httpx.AsyncByteStream):
             release()
 
 
-async def _body(stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
-    async for chunk in stream:
-        yield chunk
+class _Upload(aiohttp.payload.AsyncIterablePayload):
+    """A streamed request body, read in a task of its own.
+
+    aiohttp sends a body from its writer task while it waits for the
+    response, and once a whole response has arrived it cancels that
+    task, body sent or not. A cancellation landing in the body's own
+    iterator would end it for good: an ASGI app's request body, say,
+    could then never be read to its end, and its client's hanging up
+    never be seen. So a pump task reads the body into a one-chunk queue
+    that the writer takes from, and `finish` can read what is left once
+    the writer is gone, as httpx's own transport sends a body whole
+    before it reads the response.
+    """
+
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self.failure: Exception | None = None
+        loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(1)
+        self._written: asyncio.Future[None] = loop.create_future()
+        self.pump = loop.create_task(self._pump(stream))
+        super().__init__(self._chunks())
+
+    async def _pump(self, stream: httpx.AsyncByteStream) -> None:
+        try:
+            async for chunk in stream:
+                await self._queue.put(chunk)
+        except Exception as exc:
+            self.failure = exc
+        await self._queue.put(None)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._queue.get()) is not None:
+            yield chunk
+        if self.failure is not None:
+            # aiohttp wraps it; `_mapped` or `finish` raise it as is.
+            raise self.failure
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        try:
+            await super().write(writer)
+        finally:
+            self._writer_gone()
+
+    async def write_with_length(
+        self,
+        writer: aiohttp.abc.AbstractStreamWriter,
+        content_length: int | None,
+    ) -> None:
+        try:
+            await super().write_with_length(writer, content_length)
+        finally:
+            self._writer_gone()
+
+    def _writer_gone(self) -> None:
+        if not self._written.done():
+            self._written.set_result(None)
+
+    async def finish(self) -> None:
+        """Wait until the whole body is read, reading and dropping what
+        the writer left, and raise the body's own error, if any."""
+        if not self.pump.done():
+            await asyncio.wait(
+                (self.pump, self._written),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            # With the writer gone, nothing takes from the queue: what
+            # is left of the body is read here and dropped, since the
+            # server has answered without it.
+            while not self.pump.done():
+                await self._queue.get()
+        if self.failure is not None:
+            raise self.failure
+
+    def cancel(self) -> None:
+        """Stop reading the body: the request is abandoned."""
+        self.pump.cancel()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -178,15 +284,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     connections, so ``write`` and ``max_keepalive_connections`` are not
     applied; only HTTP/1.1 is spoken.
 
-    Limitation: aiohttp writes a streamed request body in a task of its
-    own while it reads the response. When the server answers before the
-    body is sent, an error raised later by the body's iterator (a client
-    that hung up mid-upload) stays in that task and does not reach the
-    caller, and a write stalled by a server that never reads is closed,
-    not aborted, so its socket lingers until the peer reads or resets.
-    httpx's own transport sends the whole body first and has neither
-    issue; `OffloadProxy` relies on that for its disconnect detection
-    during uploads, so it keeps httpx's transport by default.
+    A streamed request body is sent whole before the response is
+    returned, as with httpx's own transport, even when the server answers
+    early; an error of the body's iterator is raised as is. A request
+    abandoned with bytes still unsent aborts its connection.
     """
 
     def __init__(
@@ -247,6 +348,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ssl=self._ssl,
             resolver=resolver,
         )
+        # Limitation: aiohttp takes its protocol class only through this
+        # private attribute; without it, a connection abandoned with
+        # unsent bytes lingers until its peer reads or resets.
+        if hasattr(connector, "_factory"):
+            connector._factory = functools.partial(  # type: ignore[assignment]
+                _Handler, loop=asyncio.get_running_loop()
+            )
         session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -277,12 +385,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if name.lower() not in _NOT_SENT
         ]
         data: Any
+        upload: _Upload | None = None
         try:
             data = request.content or None
         except httpx.RequestNotRead:
             stream = request.stream
             assert isinstance(stream, httpx.AsyncByteStream)
-            data = _body(stream)
+            data = upload = _Upload(stream)
         timeout = request.extensions.get("timeout", {})
         connect = timeout.get("connect")
         pool = timeout.get("pool")
@@ -301,7 +410,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                         sock_read=timeout.get("read"),
                     ),
                 )
+            if upload is not None and not upload.pump.done():
+                await self._finish_upload(upload, response)
         except BaseException:
+            if upload is not None:
+                upload.cancel()
             self._release_slot()
             raise
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
@@ -314,6 +427,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions=extensions,
             request=request,
         )
+
+    @staticmethod
+    async def _finish_upload(
+        upload: _Upload, response: aiohttp.ClientResponse
+    ) -> None:
+        """Wait until a body the server answered early is sent, as
+        httpx's own transport sends a body whole before it reads.
+
+        The caller thus sees what ends the body (its iterator's error,
+        such as a client gone mid-upload) where it would with httpx, and
+        an abandoned request closes its connection rather than leaving
+        the body's iterator waiting.
+        """
+        try:
+            await upload.finish()
+        except BaseException:
+            response.close()
+            raise
 
     async def aclose(self) -> None:
         """Close the pool, if this transport made it."""

@@ -14,7 +14,13 @@ from offloader._aiohttp_transport import AiohttpTransport
 from offloader._offloader import DEFAULT_LIMITS
 from offloader.hooks.asgi import DEFAULT_BACKEND_LIMITS, OffloadProxy
 
-__all__ = ["ENGINES", "EngineProxy", "make_offloader", "make_proxy"]
+__all__ = [
+    "ENGINES",
+    "EngineProxy",
+    "close_offloader",
+    "make_offloader",
+    "make_proxy",
+]
 
 ENGINES = ("httpx", "aiohttp")
 
@@ -38,6 +44,16 @@ def make_offloader(engine: str, **options: Any) -> Offloader:
     offloader = Offloader(async_transport=transport, **options)
     _given[offloader] = transport
     return offloader
+
+
+async def close_offloader(offloader: Offloader) -> None:
+    """Close *offloader* and the transport `make_offloader` gave it."""
+    try:
+        await offloader.aclose()
+    finally:
+        transport = _given.pop(offloader, None)
+        if transport is not None:
+            await transport.aclose()
 
 
 class EngineProxy(OffloadProxy):

@@ -15,7 +15,12 @@ import pytest
 import offloader
 from offloader._aiohttp_transport import AiohttpTransport
 
-from .faultservers import raw_server, reset_before_headers, trickle
+from .faultservers import (
+    never_reads_body,
+    raw_server,
+    reset_before_headers,
+    trickle,
+)
 from .servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +85,7 @@ async def test_relays_status_headers_and_body_with_the_url_as_given() -> None:
 
 async def test_streams_a_request_body_and_adds_no_headers() -> None:
     """A streamed request body arrives whole, and the transport adds no
-    Accept, Accept-Encoding or User-Agent of its own."""
+    Accept, Accept-Encoding, Content-Type or User-Agent of its own."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
@@ -98,6 +103,7 @@ async def test_streams_a_request_body_and_adds_no_headers() -> None:
     assert "user-agent" not in sent
     assert "accept-encoding" not in sent
     assert "accept" not in sent
+    assert "content-type" not in sent
 
 
 async def test_keeps_no_cookies_between_requests() -> None:
@@ -258,3 +264,74 @@ def test_importing_offloader_does_not_import_aiohttp() -> None:
     )
 
     assert out.stdout.strip() == "False"
+
+
+async def early_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answer at once, before reading any of the request body."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"5")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"early"})
+
+
+async def test_an_early_answer_waits_for_the_whole_body() -> None:
+    """When the server answers before the body is sent, the response is
+    returned only once the body's iterator has ended, as with httpx's
+    own transport, and an error it raises then reaches the caller: a
+    proxy must learn that its client hung up mid-upload."""
+
+    class Gone(Exception):
+        pass
+
+    ended: list[str] = []
+
+    async def chunks(fail: bool) -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        await asyncio.sleep(0.3)
+        ended.append("failed" if fail else "done")
+        if fail:
+            raise Gone
+        yield b"y" * 10
+
+    transport = AiohttpTransport()
+    with serve(early_answer) as server:
+        response = await transport.handle_async_request(
+            httpx.Request("POST", server.url, content=chunks(fail=False))
+        )
+        body = await response.aread()
+        with pytest.raises(Gone):
+            await transport.handle_async_request(
+                httpx.Request("POST", server.url, content=chunks(fail=True))
+            )
+        await transport.aclose()
+
+    assert body == b"early"
+    assert ended == ["done", "failed"]
+
+
+async def test_a_request_abandoned_mid_body_closes_its_connection() -> None:
+    """A request cancelled while its body is stuck behind a server that
+    never reads closes its connection at once, rather than leaving the
+    socket to wait for the unsent bytes to drain."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b"x" * 65536
+
+    transport = AiohttpTransport()
+    with raw_server(never_reads_body, rcvbuf=4096) as server:
+        request = httpx.Request(
+            "POST", f"http://127.0.0.1:{server.port}/", content=chunks()
+        )
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                transport.handle_async_request(request), 0.3
+            )
+        for _ in range(100):
+            if server.closed == server.accepted:
+                break
+            await asyncio.sleep(0.01)
+        closed, accepted = server.closed, server.accepted
+        await transport.aclose()
+
+    assert accepted == 1
+    assert closed == 1

@@ -29,11 +29,13 @@ from offloader import (
 )
 from offloader.hooks.asgi import OffloadProxy
 
+from . import faultservers
+from .engines import close_offloader, make_offloader, make_proxy
 from .faultservers import (
     MODES,
     Outcome,
+    _acall,
     answers_without_reading,
-    call,
     closed_port,
     directing_backend,
     never_reads_body,
@@ -51,6 +53,32 @@ from .faultservers import (
 )
 from .servers import RunningServer, serve
 from .test_limits import wait_for
+
+#: The core adapters, and the async ones again with their offloads on
+#: the aiohttp engine (``offloader serve``'s default).
+ALL_MODES = (*MODES, "async-hook+aiohttp", "async-transport+aiohttp")
+
+
+def call(
+    mode: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    **options: Any,
+) -> Outcome:
+    """`faultservers.call`, where a mode ending in ``+aiohttp`` makes
+    the offloads go through `AiohttpTransport`."""
+    mode, _, engine = mode.partition("+")
+    if not engine:
+        return faultservers.call(mode, url, headers, **options)
+
+    async def on_engine() -> Outcome:
+        offloader = make_offloader(engine, **options)
+        try:
+            return await _acall(mode, url, headers, offloader, {})
+        finally:
+            await close_offloader(offloader)
+
+    return asyncio.run(on_engine())
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +101,7 @@ def run(
     return outcome, events
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_connection_refused(backend: RunningServer, mode: str) -> None:
     """An offload server that refuses the connection gives
     OffloadRequestFailed (502) and an error event."""
@@ -84,7 +112,7 @@ def test_connection_refused(backend: RunningServer, mode: str) -> None:
     assert [event.kind for event in events] == ["start", "error"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_reset_before_the_headers(backend: RunningServer, mode: str) -> None:
     """A reset before any response header gives OffloadRequestFailed."""
     with raw_server(reset_before_headers) as server:
@@ -96,7 +124,7 @@ def test_reset_before_the_headers(backend: RunningServer, mode: str) -> None:
     assert server.accepted == 1
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_reset_after_the_headers(backend: RunningServer, mode: str) -> None:
     """A reset in the middle of the body surfaces as OffloadRequestFailed
     while the body is read: the caller can never take the part it got
@@ -110,7 +138,7 @@ def test_reset_after_the_headers(backend: RunningServer, mode: str) -> None:
     assert [event.kind for event in events] == ["start", "error"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_truncated_offload_body(backend: RunningServer, mode: str) -> None:
     """An offload server that closes cleanly after 100 of the 1000 bytes
     it promised makes reading the body fail; it is never a clean short
@@ -125,7 +153,7 @@ def test_truncated_offload_body(backend: RunningServer, mode: str) -> None:
     assert events[-1].bytes_received <= 100
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_truncated_backend_body_while_forwarded(mode: str) -> None:
     """A backend body cut short while it is being forwarded aborts the
     offload request: the offload server never receives a whole request,
@@ -145,7 +173,7 @@ def test_truncated_backend_body_while_forwarded(mode: str) -> None:
     assert closed
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_offload_server_that_never_reads_the_body(
     backend: RunningServer, mode: str
 ) -> None:
@@ -168,7 +196,7 @@ def test_offload_server_that_never_reads_the_body(
     assert outcome.error.status_code == 504
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_offload_server_that_answers_before_reading_the_body(
     backend: RunningServer, mode: str
 ) -> None:
@@ -249,7 +277,7 @@ def head_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_directives_cannot_set_framing_or_hop_by_hop_headers(
     mode: str,
 ) -> None:
@@ -283,7 +311,7 @@ def test_directives_cannot_set_framing_or_hop_by_hop_headers(
     assert (b"content-type", b"text/plain") in pairs
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_offload_response_loses_hop_by_hop_and_offload_headers(
     mode: str,
 ) -> None:
@@ -384,21 +412,23 @@ def test_a_folded_directive_value_is_sent_on_one_line() -> None:
 
 @contextlib.contextmanager
 def running_proxy(
-    backend_url: str, **options: Any
+    backend_url: str, engine: str, **options: Any
 ) -> Iterator[tuple[RunningServer, OffloadProxy]]:
-    """Serve an `OffloadProxy` for *backend_url* with an offloader made
-    of *options*, allowing offloads to 127.0.0.1."""
+    """Serve an `OffloadProxy` on *engine* for *backend_url* with an
+    offloader made of *options*, allowing offloads to 127.0.0.1."""
     options.setdefault("policy", DestinationPolicy(hosts=["127.0.0.1"]))
-    proxy = OffloadProxy(backend_url, offloader=Offloader(**options))
+    proxy = make_proxy(
+        backend_url, engine, offloader=make_offloader(engine, **options)
+    )
     with serve(proxy, lifespan="on") as server:
         yield server, proxy
 
 
 @pytest.fixture(scope="module")
 def proxy(
-    backend: RunningServer,
+    backend: RunningServer, engine: str
 ) -> Iterator[tuple[RunningServer, OffloadProxy]]:
-    with running_proxy(backend.url, deadline=5.0) as running:
+    with running_proxy(backend.url, engine, deadline=5.0) as running:
         yield running
 
 
@@ -492,7 +522,7 @@ def test_proxy_aborts_the_client_on_a_broken_offload_body(
     assert_idle(proxy)
 
 
-def test_proxy_truncated_backend_body_while_forwarded() -> None:
+def test_proxy_truncated_backend_body_while_forwarded(engine: str) -> None:
     """A backend body cut short while forwarded: the offload server never
     gets a whole request, the client gets a 502."""
     bodies: list[bytes] = []
@@ -500,7 +530,7 @@ def test_proxy_truncated_backend_body_while_forwarded() -> None:
     with raw_server(records_request(bodies)) as offload:
         with (
             raw_server(truncated_forward(offload.url)) as backend,
-            running_proxy(backend.url) as running,
+            running_proxy(backend.url, engine) as running,
         ):
             response = proxied(running, {})
             assert_idle(running)
