@@ -448,6 +448,9 @@ def create_app() -> Any:
                 for transport in transports[1:]:
                     await transport.aclose()
 
+    logging.getLogger("offloader").info(
+        "proxying to %s on the %s engine", backend, engine
+    )
     return ServedProxy(
         backend,
         offloader=offloader,

@@ -63,6 +63,8 @@ class Serving:
     def __init__(self, process: subprocess.Popen[str], url: str) -> None:
         self.process = process
         self.url = url
+        #: What the process wrote to stderr, once it has ended.
+        self.stderr = ""
 
 
 @contextlib.contextmanager
@@ -70,6 +72,7 @@ def offloader_serve(
     backend_url: str,
     *options: str,
     preexec_fn: Callable[[], object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Serving]:
     """Run ``offloader serve`` until the block ends; stop it with SIGTERM."""
     port = free_port()
@@ -89,8 +92,10 @@ def offloader_serve(
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=preexec_fn,  # noqa: PLW1509 - sets a limit, no threads
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
+    serving = Serving(process, url)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -104,7 +109,7 @@ def offloader_serve(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield Serving(process, url)
+        yield serving
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -113,7 +118,7 @@ def offloader_serve(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        process.communicate()
+        serving.stderr = process.communicate()[1]
 
 
 def offload_to(url: str) -> dict[str, str]:
@@ -121,11 +126,11 @@ def offload_to(url: str) -> dict[str, str]:
 
 
 def test_serve_proxies_and_offloads(
-    backend: RunningServer, offload_server: RunningServer
+    backend: RunningServer, offload_server: RunningServer, engine: str
 ) -> None:
     """``offloader serve`` passes plain answers through and carries out
-    offloads to the backend's own host."""
-    with offloader_serve(backend.url) as proxy:
+    offloads to the backend's own host, on either engine."""
+    with offloader_serve(backend.url, "--engine", engine) as proxy:
         plain = httpx.post(
             proxy.url + "/x?y=1", content=b"hello", headers={"x-status": "201"}
         )
@@ -165,14 +170,20 @@ def test_serve_allows_only_the_backend_host_by_default(
 
 
 def test_serve_options_reach_the_proxy(
-    backend: RunningServer, offload_server: RunningServer
+    backend: RunningServer, offload_server: RunningServer, engine: str
 ) -> None:
     """--offload-timeout gives 504 past the deadline; --max-offloads gives
-    503 with Retry-After past the limit."""
+    503 with Retry-After past the limit, on either engine."""
     slow = offload_server.url + "/slow?delay=3"
 
     with offloader_serve(
-        backend.url, "--offload-timeout", "0.5", "--max-offloads", "1"
+        backend.url,
+        "--offload-timeout",
+        "0.5",
+        "--max-offloads",
+        "1",
+        "--engine",
+        engine,
     ) as proxy:
         results: list[httpx.Response] = []
         held = threading.Thread(
@@ -297,6 +308,50 @@ def test_few_descriptors_give_clean_503s_not_a_storm(
     assert after.status_code == 200
 
 
+def test_serve_runs_on_aiohttp_unless_told_otherwise(
+    backend: RunningServer,
+) -> None:
+    """The engine is aiohttp by default and httpx with --engine httpx;
+    the log says which."""
+    with offloader_serve(backend.url, "--log-level", "info") as default:
+        assert httpx.get(default.url + "/x").status_code == 200
+    with offloader_serve(
+        backend.url, "--log-level", "info", "--engine", "httpx"
+    ) as chosen:
+        assert httpx.get(chosen.url + "/x").status_code == 200
+
+    assert "on the aiohttp engine" in default.stderr
+    assert "on the httpx engine" in chosen.stderr
+    assert "WARNING" not in default.stderr + chosen.stderr
+
+
+def test_serve_falls_back_to_httpx_without_aiohttp(
+    backend: RunningServer, offload_server: RunningServer, tmp_path: Path
+) -> None:
+    """Where aiohttp cannot be imported, ``offloader serve`` says so in
+    one warning and runs on httpx's own pool."""
+    broken = tmp_path / "aiohttp"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('no aiohttp')\n")
+    path = os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path}
+
+    with offloader_serve(backend.url, "--log-level", "info", env=env) as proxy:
+        offloaded = httpx.get(
+            proxy.url + "/x", headers=offload_to(offload_server.url + "/slow")
+        )
+
+    assert offloaded.status_code == 200
+    warnings = [
+        line for line in proxy.stderr.splitlines() if "WARNING" in line
+    ]
+    assert len(warnings) == 1
+    assert "aiohttp is not installed" in warnings[0]
+    assert "on the httpx engine" in proxy.stderr
+
+
 def test_python_dash_m_offloader_shows_help() -> None:
     """``python -m offloader`` is the same command."""
     result = subprocess.run(
@@ -307,7 +362,13 @@ def test_python_dash_m_offloader_shows_help() -> None:
     )
 
     assert result.returncode == 0
-    for option in ("--backend", "--listen", "--allow-host", "--workers"):
+    for option in (
+        "--backend",
+        "--listen",
+        "--allow-host",
+        "--workers",
+        "--engine",
+    ):
         assert option in result.stdout
 
 
@@ -321,6 +382,7 @@ def test_python_dash_m_offloader_shows_help() -> None:
         ["serve", "--backend", "http://x", "--offload-timeout", "soon"],
         ["serve", "--backend", "http://x", "--allow-host", "http://a/"],
         ["serve", "--backend", "http://x", "--log-level", "loud"],
+        ["serve", "--backend", "http://x", "--engine", "curl"],
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(arguments: list[str]) -> None:
@@ -342,6 +404,7 @@ def test_listen_and_defaults_are_parsed() -> None:
     assert defaults.listen == ("127.0.0.1", 8080)
     assert defaults.offload_timeout == 30.0
     assert defaults.workers == 1
+    assert defaults.engine == "aiohttp"
     assert ipv6.listen == ("::1", 9000)
 
 
