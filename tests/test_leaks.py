@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from offloader import DestinationPolicy, Offloader
+from offloader import DestinationPolicy
+from offloader._aiohttp_transport import AiohttpTransport
 from offloader._netguard import POOL_SHARDS
 from offloader.hooks.asgi import OffloadProxy
+from tests.engines import make_offloader, make_proxy
 from tests.servers import serve
 
 #: Idle pooled connections expire quickly, so that the idle state the
@@ -223,12 +225,13 @@ async def load(
     not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc"
 )
 @pytest.mark.anyio
-async def test_no_descriptor_or_task_leaks_after_10000_mixed_requests() -> (
-    None
-):
+async def test_no_descriptor_or_task_leaks_after_10000_mixed_requests(
+    engine: str,
+) -> None:
     """10,000 requests of every kind (successes, errors, truncated
     offloads, client disconnects) are each answered as they should be,
-    and leave the proxy with the descriptors and tasks it had when idle."""
+    and leave the proxy with the descriptors and tasks it had when idle,
+    on either engine."""
     plan = list(
         itertools.islice(
             itertools.cycle(
@@ -243,17 +246,24 @@ async def test_no_descriptor_or_task_leaks_after_10000_mixed_requests() -> (
     )
     # Generous timeouts: on a busy machine a slow connect must not count
     # as a failure. The "timeout" requests set their own short deadline.
-    offloader = Offloader(
+    offloader = make_offloader(
+        engine,
         limits=LIMITS,
         timeout=60,
         policy=DestinationPolicy(hosts=["127.0.0.1"]),
     )
+    backend_transport: httpx.AsyncBaseTransport = (
+        AiohttpTransport(limits=LIMITS)
+        if engine == "aiohttp"
+        else httpx.AsyncHTTPTransport(limits=LIMITS)
+    )
 
     with upstreams_process() as (backend_url, upstream_url):
-        proxy = OffloadProxy(
+        proxy = make_proxy(
             backend_url,
+            engine,
             offloader=offloader,
-            backend_transport=httpx.AsyncHTTPTransport(limits=LIMITS),
+            backend_transport=backend_transport,
             backend_timeout=60,
         )
         spy = LoopSpy(proxy)
