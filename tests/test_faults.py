@@ -53,6 +53,7 @@ from .faultservers import (
 )
 from .servers import RunningServer, serve
 from .test_limits import wait_for
+from .test_policy import spellings
 
 #: The core adapters, and the async ones again with their offloads on
 #: the aiohttp engine (``offloader serve``'s default).
@@ -483,6 +484,29 @@ def test_proxy_refused_destination(
     assert response.status_code == 502
     assert_reveals_nothing(response, target.url, "127.0.0.2")
     assert target.accepted == 0
+
+
+def test_proxy_address_block_in_any_spelling(
+    backend: RunningServer, engine: str
+) -> None:
+    """With a policy that blocks private addresses, the proxy answers 502
+    to an offload aimed at loopback however the address is written, and
+    the listener there receives nothing, on either engine."""
+    answers = set()
+
+    with (
+        raw_server(ok()) as listener,
+        running_proxy(
+            backend.url, engine, policy=DestinationPolicy(block_private=True)
+        ) as running,
+    ):
+        for url in spellings(listener.port):
+            response = proxied(running, {"X-Target": url})
+            answers.add((response.status_code, response.text))
+            assert_reveals_nothing(response, url)
+
+    assert answers == {(502, "Bad Gateway\n")}
+    assert listener.accepted == 0
 
 
 def test_proxy_reset_before_headers(
