@@ -309,13 +309,17 @@ def _nginx(env: Env, port: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _offloader_serve(env: Env, port: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        PY, "-m", "offloader", "serve", "--backend", env.backend,
-        "--listen", f"127.0.0.1:{port}", "--allow-any-host",
-        "--max-offloads", str(env.max_offloads), "--log-level", "warning",
-    ]  # fmt: skip
-    return start(cmd, PROXY_CORE)
+def _offloader_serve(*extra: str) -> Callable[..., Any]:
+    def launch(env: Env, port: int) -> subprocess.Popen[bytes]:
+        cmd = [
+            PY, "-m", "offloader", "serve", "--backend", env.backend,
+            "--listen", f"127.0.0.1:{port}", "--allow-any-host",
+            "--max-offloads", str(env.max_offloads),
+            "--log-level", "warning", *extra,
+        ]  # fmt: skip
+        return start(cmd, PROXY_CORE)
+
+    return launch
 
 
 def offloader_serve_available() -> bool:
@@ -336,22 +340,17 @@ def all_systems() -> dict[str, System]:
         System("aiohttp reference", "/offload", "/offload-bytes",
                _uvicorn("bench.ref_proxy:app", {})),
         System("offloader serve", "/offload", "/offload-bytes",
-               _offloader_serve, forwards_body=True),
+               _offloader_serve(), forwards_body=True),
+        # The engines `serve` was chosen among (--engines).
+        System("offloader serve --engine httpx", "/offload",
+               "/offload-bytes", _offloader_serve("--engine", "httpx"),
+               forwards_body=True),
+        System("OffloadProxy on httpx-aiohttp", "/offload",
+               "/offload-bytes",
+               _uvicorn("bench.proxy_app:create_app",
+                        {"BENCH_ENGINE": "httpx-aiohttp"}, factory=True),
+               forwards_body=True),
     ]  # fmt: skip
-    for engine in ("httpcore", "httpx-aiohttp", "aiohttp"):
-        systems.append(
-            System(
-                f"OffloadProxy on {engine}",
-                "/offload",
-                "/offload-bytes",
-                _uvicorn(
-                    "bench.proxy_app:create_app",
-                    {"BENCH_ENGINE": engine},
-                    factory=True,
-                ),
-                forwards_body=True,
-            )
-        )
     return {system.name: system for system in systems}
 
 
@@ -817,7 +816,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--engines",
         action="store_true",
-        help="also run OffloadProxy on aiohttp and on httpx-aiohttp",
+        help="also run serve --engine httpx and OffloadProxy on httpx-aiohttp",
     )
     parser.add_argument(
         "--figures",
@@ -872,8 +871,11 @@ def main(argv: list[str] | None = None) -> None:
         print("`offloader serve` is not available; skipping it")
         names.remove("offloader serve")
     if args.engines:
-        # httpcore is what `offloader serve` runs on already.
-        names += ["OffloadProxy on aiohttp", "OffloadProxy on httpx-aiohttp"]
+        # aiohttp is what `offloader serve` runs on by default.
+        names += [
+            "offloader serve --engine httpx",
+            "OffloadProxy on httpx-aiohttp",
+        ]
 
     started = time.time()
     results: dict[str, Any] = {
