@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import aiohttp.abc
 import aiohttp.client_proto
+import aiohttp.client_reqrep
 import aiohttp.payload
 import httpx
 import yarl
@@ -98,6 +99,41 @@ class _Handler(aiohttp.client_proto.ResponseHandler):
             self.abort()
         else:
             super().close()
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, keeping at most *max_idle* idle connections.
+
+    aiohttp keeps every connection given back until it expires. After a
+    burst, a proxy would then hold as many idle connections as it had
+    requests in flight, each a file descriptor that the next burst's
+    clients need.
+    """
+
+    def __init__(self, *, max_idle: int | None, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_idle = max_idle
+        # The protocol class is a private attribute of aiohttp's.
+        self._factory = functools.partial(  # type: ignore[assignment]
+            _Handler, loop=self._loop
+        )
+
+    def _release(
+        self,
+        key: aiohttp.client_reqrep.ConnectionKey,
+        protocol: aiohttp.client_proto.ResponseHandler,
+        *,
+        should_close: bool = False,
+    ) -> None:
+        # Limitation: the count of idle connections and this hook are
+        # private parts of aiohttp (3.10 to 3.14 keep them as they are).
+        if (
+            not should_close
+            and self.max_idle is not None
+            and sum(map(len, self._conns.values())) >= self.max_idle
+        ):
+            should_close = True
+        super()._release(key, protocol, should_close=should_close)
 
 
 def _map_exception(
@@ -280,9 +316,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     (then `httpx.PoolTimeout`), ``connect`` the TCP and TLS handshake,
     ``read`` each read.
 
-    Limitation: aiohttp has no write timeout and no separate cap of idle
-    connections, so ``write`` and ``max_keepalive_connections`` are not
+    Limitation: aiohttp has no write timeout, so ``write`` is not
     applied; only HTTP/1.1 is spoken.
+
+    ``max_keepalive_connections`` caps the idle connections kept: past
+    it, a connection given back is closed.
 
     A streamed request body is sent whole before the response is
     returned, as with httpx's own transport, even when the server answers
@@ -341,20 +379,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         resolver = None
         if self.policy is not None and self.policy.checks_addresses:
             resolver = _GuardedResolver(self.policy)
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
+            max_idle=self.limits.max_keepalive_connections,
             limit=0,
             limit_per_host=0,
             keepalive_timeout=self.limits.keepalive_expiry or 15.0,
             ssl=self._ssl,
             resolver=resolver,
         )
-        # Limitation: aiohttp takes its protocol class only through this
-        # private attribute; without it, a connection abandoned with
-        # unsent bytes lingers until its peer reads or resets.
-        if hasattr(connector, "_factory"):
-            connector._factory = functools.partial(  # type: ignore[assignment]
-                _Handler, loop=asyncio.get_running_loop()
-            )
         session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),

@@ -335,3 +335,29 @@ async def test_a_request_abandoned_mid_body_closes_its_connection() -> None:
 
     assert accepted == 1
     assert closed == 1
+
+
+async def test_idle_connections_past_the_keepalive_cap_are_closed() -> None:
+    """After a burst, the pool keeps at most ``max_keepalive_connections``
+    idle connections; the others are closed as they are given back."""
+    transport = AiohttpTransport(
+        limits=httpx.Limits(max_keepalive_connections=2, keepalive_expiry=30)
+    )
+    with serve(echo_app) as server:
+
+        async def one() -> bytes:
+            response = await transport.handle_async_request(
+                httpx.Request("GET", f"{server.url}/slow")
+            )
+            return await response.aread()
+
+        bodies = await asyncio.gather(*(one() for _ in range(6)))
+        for _ in range(100):
+            if server.open_connections <= 2:
+                break
+            await asyncio.sleep(0.01)
+        idle = server.open_connections
+        await transport.aclose()
+
+    assert bodies == [b""] * 6
+    assert idle == 2
