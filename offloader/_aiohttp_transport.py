@@ -18,6 +18,7 @@ aiohttp, only using this transport does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import socket
@@ -349,31 +350,44 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # The connection cap is kept here rather than by aiohttp, whose
         # wait for a free connection cannot be told from a slow connect:
         # a full pool must be a PoolTimeout (503), not a timeout (504).
-        self._slots = (
-            asyncio.Semaphore(self.limits.max_connections)
-            if self.limits.max_connections
-            else None
+        # A plain count, since asyncio.Semaphore looks at its waiters on
+        # every acquire; requests wait in line only when the pool is full.
+        self._in_use = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = (
+            collections.deque()
         )
 
     def _release_slot(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        # A freed slot goes to the first request still waiting, if any.
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._in_use -= 1
 
     async def _acquire_slot(
         self, request: httpx.Request, timeout: float | None
     ) -> None:
-        if self._slots is None:
+        cap = self.limits.max_connections
+        if cap is None or (self._in_use < cap and not self._waiting):
+            self._in_use += 1
             return
-        if not self._slots.locked():
-            # The common case, without the cost of a timed wait.
-            await self._slots.acquire()
-            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
-        except asyncio.TimeoutError:
-            raise httpx.PoolTimeout(
-                "no connection became free in time", request=request
-            ) from None
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except BaseException as exc:
+            if waiter.done():
+                # The slot came as the wait ended: pass it on.
+                self._release_slot()
+            else:
+                waiter.cancel()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise httpx.PoolTimeout(
+                    "no connection became free in time", request=request
+                ) from None
+            raise
 
     def _make_session(self) -> aiohttp.ClientSession:
         resolver = None

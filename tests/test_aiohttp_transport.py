@@ -361,3 +361,44 @@ async def test_idle_connections_past_the_keepalive_cap_are_closed() -> None:
 
     assert bodies == [b""] * 6
     assert idle == 2
+
+
+async def test_a_freed_connection_goes_to_the_request_waiting() -> None:
+    """With every connection taken, a request waits for one; when one is
+    given back within the ``pool`` timeout, the waiting request gets it,
+    and the cap still holds afterwards."""
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
+    timeouts = httpx.Timeout(5.0, pool=2.0).as_dict()
+    with serve(echo_app) as server:
+
+        def request() -> httpx.Request:
+            return httpx.Request(
+                "GET", server.url, extensions={"timeout": timeouts}
+            )
+
+        holding = await transport.handle_async_request(request())
+        waiting = asyncio.ensure_future(
+            transport.handle_async_request(request())
+        )
+        await asyncio.sleep(0.2)
+        waited = not waiting.done()
+        await holding.aclose()
+        second = await waiting
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(
+                httpx.Request(
+                    "GET",
+                    server.url,
+                    extensions={
+                        "timeout": httpx.Timeout(5.0, pool=0.1).as_dict()
+                    },
+                )
+            )
+        await second.aclose()
+        third = await transport.handle_async_request(request())
+        await third.aclose()
+        await transport.aclose()
+
+    assert waited
+    assert second.status_code == 201
+    assert third.status_code == 201
