@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -29,6 +30,13 @@ from ._offloader import Offloader
 from ._policy import DestinationPolicy
 
 __all__ = ["create_app", "main"]
+
+#: The garbage collector's thresholds in a serving process. With
+#: Python's defaults (700, 10, 10), a burst of thousands of requests,
+#: each making objects that live until its offload ends, sets off full
+#: collections over an ever larger heap: on the bench, taking in 9,000
+#: offloads cost 11.6 s of CPU with them and 8.3 s with these.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 #: Where `serve` puts its settings for `create_app`, as JSON.
 CONFIG_ENV = "OFFLOADER_SERVE_CONFIG"
@@ -405,6 +413,9 @@ def create_app() -> Any:
 
     config = json.loads(os.environ[CONFIG_ENV])
     _configure_logging(config["log_level"])
+    # Each worker process is the command's own, so its collector may be
+    # tuned for the proxy.
+    gc.set_threshold(*GC_THRESHOLDS)
     backend = httpx.URL(config["backend"])
     hosts = (
         None
