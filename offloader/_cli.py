@@ -287,12 +287,13 @@ def _raise_fd_limit() -> int | None:
 def _connection_cap(max_requests: int, fd_limit: int | None) -> int:
     """How many client connections uvicorn may hold before it answers 503.
 
-    The proxy's own *max_requests* admits requests one by one; this cap
-    is the backstop that keeps accepted connections within the
-    descriptors left once every admitted request holds an upstream one.
-    uvicorn counts open connections, so a burst past the cap gets 503
-    for every new request until connections close: the cap stays as high
-    as the descriptors allow.
+    The proxy's own *max_requests* admits requests one by one, and sets
+    descriptors aside for the backend pool; this cap is the backstop
+    that keeps accepted connections within the descriptors left once
+    every admitted request holds an upstream one. uvicorn counts open
+    connections, and also request tasks, which end a moment after their
+    response (hundreds at once when the proxy is busy); a request past
+    the cap gets 503, so the cap stays as high as the descriptors allow.
     """
     if fd_limit is None:
         return max_requests + 64
@@ -409,7 +410,11 @@ def create_app() -> Any:
 
     This is uvicorn's app factory: each worker process calls it.
     """
-    from .hooks.asgi import DEFAULT_BACKEND_LIMITS, OffloadProxy
+    from .hooks.asgi import (
+        DEFAULT_BACKEND_LIMITS,
+        DEFAULT_OFFLOAD_LIMITS,
+        OffloadProxy,
+    )
 
     config = json.loads(os.environ[CONFIG_ENV])
     _configure_logging(config["log_level"])
@@ -434,14 +439,14 @@ def create_app() -> Any:
 
         transports = (
             AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS),
-            AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS, policy=policy),
+            AiohttpTransport(limits=DEFAULT_OFFLOAD_LIMITS, policy=policy),
         )
     seconds = config["offload_timeout"]
     offloader = Offloader(
         async_transport=transports[1] if transports else None,
         timeout=httpx.Timeout(seconds, connect=min(seconds, 5.0)),
         deadline=seconds,
-        limits=DEFAULT_BACKEND_LIMITS,
+        limits=DEFAULT_OFFLOAD_LIMITS,
         max_offloads=config["max_offloads"],
         policy=policy,
     )

@@ -12,7 +12,11 @@ import httpx
 from offloader import DestinationPolicy, Offloader
 from offloader._aiohttp_transport import AiohttpTransport
 from offloader._offloader import DEFAULT_LIMITS
-from offloader.hooks.asgi import DEFAULT_BACKEND_LIMITS, OffloadProxy
+from offloader.hooks.asgi import (
+    DEFAULT_BACKEND_LIMITS,
+    DEFAULT_OFFLOAD_LIMITS,
+    OffloadProxy,
+)
 
 __all__ = [
     "ENGINES",
@@ -80,7 +84,7 @@ def make_proxy(backend_url: str, engine: str, **options: Any) -> OffloadProxy:
             # As the proxy's own default: offloads to the backend's host.
             options["offloader"] = make_offloader(
                 engine,
-                limits=DEFAULT_BACKEND_LIMITS,
+                limits=DEFAULT_OFFLOAD_LIMITS,
                 policy=DestinationPolicy(hosts=(httpx.URL(backend_url).host,)),
             )
     return EngineProxy(backend_url, **options)

@@ -451,6 +451,26 @@ async def test_too_many_requests_give_503_at_once(
     assert [r.status_code for r in answered] == [200, 200]
 
 
+def test_default_max_requests_leaves_descriptors_for_the_backend_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default cap on requests in flight leaves room, within the
+    descriptor limit, for two descriptors per request plus a full
+    backend pool: 9,000 held offloads fit under a limit of 20,000."""
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20_000, 20_000))
+    backend_cap = asgi.DEFAULT_BACKEND_LIMITS.max_connections
+    assert backend_cap is not None
+
+    default = asgi.default_max_requests()
+    uncapped = asgi.default_max_requests(None)
+
+    assert default >= 9_000
+    assert 2 * default + backend_cap + 512 <= 20_000
+    assert uncapped == default  # no cap is counted as 1,024 connections
+    assert asgi.default_max_requests(0) > default
+
+
 def test_truncated_offload_body_aborts_the_client_connection(
     proxy: RunningServer, offload_server: RunningServer
 ) -> None:

@@ -54,6 +54,7 @@ from .._policy import DestinationPolicy
 __all__ = [
     "DEFAULT_BACKEND_LIMITS",
     "DEFAULT_BACKEND_TIMEOUT",
+    "DEFAULT_OFFLOAD_LIMITS",
     "ClientDisconnected",
     "ErrorResponse",
     "OffloadProxy",
@@ -81,10 +82,23 @@ _Timeouts: TypeAlias = httpx.Timeout | float | None
 #: one that does the work itself may take a while.
 DEFAULT_BACKEND_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=5.0)
 
-#: The pools of the proxy: as many connections as requests it may hold.
-#: Idle connections are dropped after 4 s, before the servers' own
-#: keep-alive timeouts (uvicorn's is 5 s) close them under a request.
+#: The proxy's pool of backend connections. A backend that offloads
+#: answers at once, so few connections serve many requests; the cap keeps
+#: a burst of thousands of requests, queued while the proxy is busy, from
+#: opening as many backend connections and using up the file
+#: descriptors that held offloads need (past it, a request waits for a
+#: connection, then gets 503). Idle connections are dropped after 4 s,
+#: before the servers' own keep-alive timeouts (uvicorn's is 5 s) close
+#: them under a request.
 DEFAULT_BACKEND_LIMITS = httpx.Limits(
+    max_connections=1024,
+    max_keepalive_connections=256,
+    keepalive_expiry=4.0,
+)
+
+#: The pool of the offloader a proxy makes for itself: as many
+#: connections as offloads it may hold, idle ones dropped after 4 s.
+DEFAULT_OFFLOAD_LIMITS = httpx.Limits(
     max_connections=10_000,
     max_keepalive_connections=256,
     keepalive_expiry=4.0,
@@ -470,11 +484,15 @@ def error_response(
 WATCH_DELAY = 0.25
 
 
-def default_max_requests() -> int:
+def default_max_requests(
+    backend_connections: int | None = DEFAULT_BACKEND_LIMITS.max_connections,
+) -> int:
     """How many requests one proxy process may hold, from its FD limit.
 
-    A held request costs two file descriptors (client and backend or
-    offload server); a margin is kept for pools, logs and the listener.
+    A held request costs two file descriptors (client and offload
+    server). The backend's connections are set aside first (at most
+    *backend_connections*; `None` for no cap counts as 1,024), and a
+    margin for idle pools, logs and the listener.
     """
     try:
         import resource
@@ -483,7 +501,10 @@ def default_max_requests() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:  # pragma: no cover
         return 10_000
-    return max(16, (soft - 512) // 2)
+    reserved = 512 + (
+        1024 if backend_connections is None else backend_connections
+    )
+    return max(16, (soft - reserved) // 2)
 
 
 class _Exchange:
@@ -535,7 +556,7 @@ class OffloadProxy:
         backend: The backend's base URL.
         offloader: The offloader to apply. By default one whose policy
             allows offloads only to the backend's own host, over http or
-            https, with `DEFAULT_BACKEND_LIMITS`.
+            https, with `DEFAULT_OFFLOAD_LIMITS`.
         backend_transport: The transport that reaches the backend; by
             default an `httpx.AsyncHTTPTransport` with
             `DEFAULT_BACKEND_LIMITS`, no retries and no proxy from the
@@ -576,7 +597,7 @@ class OffloadProxy:
             )
         self.offloader = offloader or Offloader(
             policy=DestinationPolicy(hosts=(self.backend.host,)),
-            limits=DEFAULT_BACKEND_LIMITS,
+            limits=DEFAULT_OFFLOAD_LIMITS,
         )
         # The same pool as the offloader's: it closes the connections a
         # cancelled request would otherwise leak (see ReclaimingAsyncPool).
