@@ -36,7 +36,12 @@ from typing import Any
 import httpx
 
 from offloader import DestinationPolicy, Offloader
-from offloader.hooks.asgi import OffloadProxy
+from offloader._aiohttp_transport import AiohttpTransport
+from offloader.hooks.asgi import (
+    DEFAULT_BACKEND_LIMITS,
+    DEFAULT_OFFLOAD_LIMITS,
+    OffloadProxy,
+)
 from tests.faultservers import (
     closed_port,
     directing_backend,
@@ -161,6 +166,8 @@ def _rss() -> int:
 
 def _live_connections(transport: object) -> dict[str, Any]:
     """Pooled connections that are open, and those of them in use."""
+    if isinstance(transport, AiohttpTransport):
+        return _aiohttp_connections(transport)
     connections = [
         connection
         for shard in getattr(transport, "shards", (transport,))
@@ -179,7 +186,23 @@ def _live_connections(transport: object) -> dict[str, Any]:
     }
 
 
-def run_proxy(port: int, backend: str, log_path: str) -> None:
+def _aiohttp_connections(transport: AiohttpTransport) -> dict[str, Any]:
+    """The same figures for the aiohttp engine: its idle connections, and
+    those handed out to requests (private parts of aiohttp's
+    connector, read for this report only)."""
+    session = transport._session
+    connector = getattr(session, "connector", None)
+    idle = sum(map(len, getattr(connector, "_conns", {}).values()))
+    busy = transport._in_use
+    return {
+        "busy_connections": [],
+        "pooled": idle + busy,
+        "live": idle + busy,
+        "busy": busy,
+    }
+
+
+def run_proxy(port: int, backend: str, log_path: str, engine: str) -> None:
     import logging
 
     import uvicorn
@@ -192,20 +215,34 @@ def run_proxy(port: int, backend: str, log_path: str) -> None:
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    offloader = Offloader(
-        policy=DestinationPolicy(hosts=["127.0.0.1"]), deadline=10.0
-    )
-    proxy = OffloadProxy(backend, offloader=offloader)
+    policy = DestinationPolicy(hosts=["127.0.0.1"])
+    if engine == "aiohttp":
+        offload_transport = AiohttpTransport(
+            limits=DEFAULT_OFFLOAD_LIMITS, policy=policy
+        )
+        offloader = Offloader(
+            policy=policy, deadline=10.0, async_transport=offload_transport
+        )
+        proxy = OffloadProxy(
+            backend,
+            offloader=offloader,
+            backend_transport=AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS),
+        )
+    else:
+        offloader = Offloader(policy=policy, deadline=10.0)
+        proxy = OffloadProxy(backend, offloader=offloader)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == STATS_PATH:
             # Expired keep-alive connections keep their socket until the
             # pool is next used: close them, so that the figures count
             # what the proxy really holds.
-            for transport in (
-                offloader._async_transport,
-                proxy.backend_transport,
-            ):
+            offload_pool = (
+                offloader._async_transport
+                if engine == "httpx"
+                else offload_transport
+            )
+            for transport in (offload_pool, proxy.backend_transport):
                 for shard in getattr(transport, "shards", (transport,)):
                     pool = getattr(shard, "_pool", None)
                     for connection in list(getattr(pool, "connections", ())):
@@ -217,7 +254,7 @@ def run_proxy(port: int, backend: str, log_path: str) -> None:
                 "tasks": len(asyncio.all_tasks()),
                 "active": proxy.active,
                 "in_flight": offloader.in_flight,
-                "offload_pool": _live_connections(offloader._async_transport),
+                "offload_pool": _live_connections(offload_pool),
                 "backend_pool": _live_connections(proxy.backend_transport),
                 "rss": _rss(),
                 "blocks": sys.getallocatedblocks(),
@@ -507,7 +544,7 @@ def settle(
 
 @contextlib.contextmanager
 def processes(
-    backend_port: int, proxy_port: int, log_path: str
+    backend_port: int, proxy_port: int, log_path: str, engine: str
 ) -> Iterator[None]:
     """Start the backend and the proxy; stop them at the end."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -536,6 +573,8 @@ def processes(
             f"http://127.0.0.1:{backend_port}",
             "--log",
             log_path,
+            "--engine",
+            engine,
         ],
         cwd=here,
     )
@@ -612,6 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--backend")
     parser.add_argument("--log", help="where the proxy logs (proxy role)")
+    parser.add_argument(
+        "--engine",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the proxy's engine (default: aiohttp, as offloader serve)",
+    )
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--warmup", type=int, default=3_000)
     parser.add_argument("--workers", type=int, default=48)
@@ -626,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         run_backend(args.port)
         return 0
     if args.role == "proxy":
-        run_proxy(args.port, args.backend, args.log)
+        run_proxy(args.port, args.backend, args.log, args.engine)
         return 0
 
     backend_port, proxy_port = free_port(), free_port()
@@ -647,14 +692,17 @@ def main(argv: list[str] | None = None) -> int:
         log_path = os.path.join(
             enter(tempfile.TemporaryDirectory()), "proxy.log"
         )
-        enter(processes(backend_port, proxy_port, log_path))
+        enter(processes(backend_port, proxy_port, log_path, args.engine))
 
         say(f"warm-up: {args.warmup:,} mixed requests", flush=True)
         asyncio.run(drive(soak, args.warmup, args.workers, float("inf")))
         before = settle(soak, 6.0)
         soak.counts.clear()
 
-        say(f"soak: {args.requests:,} requests, {args.workers} workers")
+        say(
+            f"soak: {args.requests:,} requests, {args.workers} workers, "
+            f"on the {args.engine} engine"
+        )
         started = time.monotonic()
         sent = asyncio.run(
             drive(
