@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from offloader import DestinationPolicy, Offloader
-from offloader._aiohttp_transport import AiohttpTransport
 from offloader._offloader import DEFAULT_LIMITS
+from offloader.hooks.aiohttp import AiohttpTransport
 from offloader.hooks.asgi import (
     DEFAULT_BACKEND_LIMITS,
     DEFAULT_OFFLOAD_LIMITS,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import offloader
-from offloader._aiohttp_transport import AiohttpTransport
+from offloader.hooks.aiohttp import AiohttpTransport
 
 from .faultservers import (
     never_reads_body,

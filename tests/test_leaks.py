@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from offloader import DestinationPolicy
-from offloader._aiohttp_transport import AiohttpTransport
 from offloader._netguard import POOL_SHARDS
+from offloader.hooks.aiohttp import AiohttpTransport
 from offloader.hooks.asgi import OffloadProxy
 from tests.engines import make_offloader, make_proxy
 from tests.servers import serve

@@ -10,6 +10,7 @@ import types
 import pytest
 
 import offloader
+import offloader.hooks.aiohttp
 import offloader.hooks.httpx
 
 
@@ -24,7 +25,9 @@ def _isort_key(name: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    "module", [offloader, offloader.hooks.httpx], ids=lambda m: m.__name__
+    "module",
+    [offloader, offloader.hooks.httpx, offloader.hooks.aiohttp],
+    ids=lambda m: m.__name__,
 )
 def test_all_is_sorted_and_importable(module: types.ModuleType) -> None:
     """`__all__` is sorted, has no duplicates, and every name in it is
