@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from offloader import DestinationPolicy, Offloader
-from offloader._aiohttp_transport import AiohttpTransport
+from offloader.hooks.aiohttp import AiohttpTransport
 from offloader.hooks.asgi import (
     DEFAULT_BACKEND_LIMITS,
     DEFAULT_OFFLOAD_LIMITS,
@@ -192,12 +192,19 @@ def _aiohttp_connections(transport: AiohttpTransport) -> dict[str, Any]:
     connector, read for this report only)."""
     session = transport._session
     connector = getattr(session, "connector", None)
-    idle = sum(map(len, getattr(connector, "_conns", {}).values()))
+    # aiohttp drops a connection the server closed from its idle lists
+    # only on its next look at them: count the open ones as live.
+    idle = [
+        protocol
+        for entries in getattr(connector, "_conns", {}).values()
+        for protocol, _ in entries
+    ]
+    connected = sum(1 for protocol in idle if protocol.is_connected())
     busy = transport._in_use
     return {
         "busy_connections": [],
-        "pooled": idle + busy,
-        "live": idle + busy,
+        "pooled": len(idle) + busy,
+        "live": connected + busy,
         "busy": busy,
     }
 
