@@ -96,6 +96,10 @@ def _map_error(exc: BaseException, url: str) -> OffloadError:
         exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)
     ):
         return OffloadTimeout(f"offload to {url} timed out: {exc!r}")
+    if isinstance(exc, asyncio.CancelledError):
+        # The caller gave up (a client that disconnected, as a rule):
+        # the task's own cancel message says nothing useful.
+        return OffloadRequestFailed(f"offload to {url} was cancelled")
     return OffloadRequestFailed(f"offload to {url} failed: {exc!r}")
 
 

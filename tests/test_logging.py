@@ -7,6 +7,7 @@ cycle, and nothing on the pass-through path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Iterator
@@ -191,6 +192,38 @@ def test_failed_offload_logs_a_warning_with_its_cause(
     assert "/gone" in warnings[0]
     assert "ConnectError" in warnings[0]
     assert _records(caplog, logging.INFO) == []
+
+
+@pytest.mark.anyio
+async def test_cancelled_offload_logs_that_it_was_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An offload whose caller gives up (a client that disconnected)
+    logs one WARNING saying it was cancelled, not the task's cancel
+    message."""
+    caplog.set_level(logging.INFO, logger="offloader")
+    with socket.socket() as silent:
+        # Connections complete in the backlog, and nothing ever answers.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/never"
+        backend = httpx.Response(
+            200,
+            headers={"Offload-Requested": "", "Offload-Url": url},
+            request=httpx.Request("GET", "http://backend.test/"),
+        )
+        async with Offloader() as offloader:
+            offload = asyncio.create_task(offloader.amodify_response(backend))
+            await asyncio.sleep(0.3)
+            offload.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await offload
+            assert offloader.in_flight == 0
+
+    warnings = [r.getMessage() for r in _records(caplog, logging.WARNING)]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(f"offload to {url} was cancelled")
+    assert "CancelledError" not in warnings[0]
 
 
 def test_invalid_directive_logs_a_warning(
