@@ -450,7 +450,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
-            _close_sync(response)
+            _discard_sync(response, self.drain_limit)
             raise
         if directive is None:
             return response
@@ -464,7 +464,7 @@ class Offloader:
             self._acquire()
         except OffloadCapacityExceeded as exc:
             logger.warning("refusing an offload: %s", exc)
-            _close_sync(response)
+            _discard_sync(response, self.drain_limit)
             raise
         flight = self._start(directive)
         deadline = self._deadline_of(directive)
@@ -503,14 +503,14 @@ class Offloader:
         """Send one offload request; *backend* is closed on return."""
         backend_stream = backend.stream
         assert isinstance(backend_stream, httpx.SyncByteStream)
+        progress = _Progress()
         try:
             if directive.forward_body:
+                content, content_headers = self._forwarded(backend, progress)
                 request = self.build_request(
                     directive,
-                    content=_limited(
-                        backend_stream, self.max_forward_body_size
-                    ),
-                    content_headers=self._content_headers(backend),
+                    content=content,
+                    content_headers=content_headers,
                     deadline=deadline,
                 )
             else:
@@ -522,8 +522,43 @@ class Offloader:
                 request = self.build_request(directive, deadline=deadline)
             with deadline_scope(deadline):
                 return self._send(request)
+        except Exception:
+            if directive.forward_body and not progress.started:
+                # Refused or failed before a byte of the body was sent:
+                # read the rest so that the backend connection is reused.
+                _discard_sync(backend, self.drain_limit)
+            raise
         finally:
             _close_sync(backend)
+
+    def _forwarded(
+        self, backend: httpx.Response, progress: _Progress
+    ) -> tuple[Iterator[bytes], list[tuple[str, str]]]:
+        """The body to forward, and the framing headers that describe
+        it."""
+        if backend.is_stream_consumed:
+            body = _body_already_read(backend, self.max_forward_body_size)
+            return iter((body,)), [("content-length", str(len(body)))]
+        stream = backend.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        return (
+            _limited(stream, self.max_forward_body_size, progress),
+            self._content_headers(backend),
+        )
+
+    async def _aforwarded(
+        self, backend: httpx.Response, progress: _Progress
+    ) -> tuple[AsyncIterator[bytes], list[tuple[str, str]]]:
+        """The async twin of `_forwarded`."""
+        if backend.is_stream_consumed:
+            body = _body_already_read(backend, self.max_forward_body_size)
+            return _aone(body), [("content-length", str(len(body)))]
+        stream = backend.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        return (
+            _alimited(stream, self.max_forward_body_size, progress),
+            self._content_headers(backend),
+        )
 
     # -- async I/O --------------------------------------------------------
 
@@ -568,7 +603,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
-            await _close_async(response)
+            await _discard_async(response, self.drain_limit)
             raise
         if directive is None:
             return response
@@ -582,7 +617,7 @@ class Offloader:
             self._acquire()
         except OffloadCapacityExceeded as exc:
             logger.warning("refusing an offload: %s", exc)
-            await _close_async(response)
+            await _discard_async(response, self.drain_limit)
             raise
         flight = self._start(directive)
         deadline = self._deadline_of(directive)
@@ -620,14 +655,16 @@ class Offloader:
     ) -> httpx.Response:
         backend_stream = backend.stream
         assert isinstance(backend_stream, httpx.AsyncByteStream)
+        progress = _Progress()
         try:
             if directive.forward_body:
+                content, content_headers = await self._aforwarded(
+                    backend, progress
+                )
                 request = self.build_request(
                     directive,
-                    content=_alimited(
-                        backend_stream, self.max_forward_body_size
-                    ),
-                    content_headers=self._content_headers(backend),
+                    content=content,
+                    content_headers=content_headers,
                     deadline=deadline,
                 )
                 return await self._asend(request, deadline)
@@ -641,6 +678,11 @@ class Offloader:
                 request = self.build_request(directive, deadline=deadline)
                 return await self._asend_now(request)
             raise TimeoutError("the offload passed its deadline")
+        except Exception:
+            if directive.forward_body and not progress.started:
+                # See `_send_hop`.
+                await _discard_async(backend, self.drain_limit)
+            raise
         finally:
             await _close_async(backend)
 
@@ -695,6 +737,75 @@ async def _adrain(stream: httpx.AsyncByteStream, limit: int) -> None:
             break
 
 
+#: The most time a refused or failed offload spends reading the backend
+#: body it did not use (at most ``drain_limit`` bytes), so that the
+#: backend connection goes back to its pool instead of being dropped.
+DISCARD_SECONDS = 1.0
+
+
+class _Progress:
+    """Whether a forwarded body has begun to stream."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+def _discard_sync(response: httpx.Response, limit: int) -> None:
+    """Read what is left of the unused body of *response*, within
+    `DISCARD_SECONDS` and *limit* bytes, then close it.
+
+    Limitation: the time bound holds for the offloader's own transports;
+    a backend response from a client of yours is bounded by that client's
+    read timeout only.
+    """
+    stream = response.stream
+    try:
+        if not response.is_closed and isinstance(stream, httpx.SyncByteStream):
+            with deadline_scope(time.monotonic() + DISCARD_SECONDS):
+                _drain(stream, limit)
+    except Exception as exc:
+        logger.debug("dropping a backend connection: %r", exc)
+    finally:
+        _close_sync(response)
+
+
+async def _discard_async(response: httpx.Response, limit: int) -> None:
+    """The async twin of `_discard_sync`; the time bound always holds."""
+    stream = response.stream
+    try:
+        if not response.is_closed and isinstance(
+            stream, httpx.AsyncByteStream
+        ):
+            with cancel_scope(time.monotonic() + DISCARD_SECONDS):
+                await _adrain(stream, limit)
+    except Exception as exc:
+        logger.debug("dropping a backend connection: %r", exc)
+    finally:
+        await _close_async(response)
+
+
+def _body_already_read(response: httpx.Response, limit: int | None) -> bytes:
+    """The body of a backend response that was read before the offload
+    (as a client without ``stream=True`` does): it can only be forwarded
+    as read, decoded, so it goes with its own length."""
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        raise OffloadRequestFailed(
+            "the backend response's body was consumed before the offload "
+            "could forward it"
+        ) from None
+    if limit is not None and len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+async def _aone(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(
         f"the forwarded backend body is larger than {limit} bytes"
@@ -702,8 +813,9 @@ def _too_large(limit: int) -> BodyTooLarge:
 
 
 def _limited(
-    stream: httpx.SyncByteStream, limit: int | None
+    stream: httpx.SyncByteStream, limit: int | None, progress: _Progress
 ) -> Iterator[bytes]:
+    progress.started = True
     sent = 0
     for chunk in stream:
         sent += len(chunk)
@@ -713,8 +825,9 @@ def _limited(
 
 
 async def _alimited(
-    stream: httpx.AsyncByteStream, limit: int | None
+    stream: httpx.AsyncByteStream, limit: int | None, progress: _Progress
 ) -> AsyncIterator[bytes]:
+    progress.started = True
     sent = 0
     async for chunk in stream:
         sent += len(chunk)

@@ -15,12 +15,15 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from offloader import (
+    DestinationPolicy,
     InvalidDirective,
+    Offloader,
     OffloadError,
     OffloadRequestFailed,
     OffloadTimeout,
@@ -1087,3 +1090,131 @@ def test_closing_early_closes_the_offload_and_the_backend(
     assert sites.offload.settled(max_connections=1)
     assert sites.backend.settled(max_connections=1)
     assert caller.offloader.in_flight == 0
+
+
+class _ClientPorts:
+    """Run *app*, noting the client port of each request: one port for
+    several requests means they came over one connection."""
+
+    def __init__(self, app: Responder) -> None:
+        self.app = app
+        self.ports: list[int] = []
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.ports.append(scope["client"][1])
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("directive", "config"),
+    [
+        pytest.param([("Offload-Method", "PUT")], {}, id="invalid directive"),
+        pytest.param(
+            [("Offload-Method", "POST"), ("Offload-Forward-Body", "")],
+            {"policy": DestinationPolicy(hosts=["elsewhere.test"])},
+            id="refused destination, body to forward",
+        ),
+        pytest.param(
+            [("Offload-Method", "POST"), ("Offload-Forward-Body", "")],
+            {"unreachable": True},
+            id="unreachable offload server, body to forward",
+        ),
+    ],
+)
+def test_a_refused_offload_gives_the_backend_connection_back(
+    sites: Sites,
+    connect: Callers,
+    directive: list[tuple[str, str]],
+    config: dict[str, Any],
+) -> None:
+    """When an offload is refused or fails before any of the backend's
+    body was used, the body is still read (up to ``drain_limit``), so
+    the backend's connection goes back to the pool: three such requests
+    on one client come over one connection."""
+    config = dict(config)
+    unreachable = config.pop("unreachable", False)
+    url = (
+        f"http://127.0.0.1:{unused_port()}/"
+        if unreachable
+        else sites.offload.url
+    )
+    backend = _ClientPorts(
+        Responder(headers=offload_to(url, *directive), body=[b"b" * 5000])
+    )
+    sites.backend.use(backend)
+    sites.offload.use(Responder())
+    caller = connect(**config)
+
+    for _ in range(3):
+        with pytest.raises(OffloadError):
+            caller.fetch(sites.backend.url)
+
+    assert len(backend.ports) == 3
+    assert len(set(backend.ports)) == 1
+    assert sites.offload.requests == 0
+
+
+def test_a_response_read_before_the_offload_forwards_its_body(
+    sites: Sites,
+) -> None:
+    """A backend response that was read whole (a client without
+    ``stream=True``) forwards the body it read, with its own length."""
+    offload = Responder(body=[b"done"])
+    sites.offload.use(offload)
+    sites.backend.use(
+        Responder(
+            headers=[
+                ("Content-Type", "text/csv"),
+                *offload_to(
+                    sites.offload.url,
+                    ("Offload-Method", "POST"),
+                    ("Offload-Forward-Body", ""),
+                ),
+            ],
+            body=[b"a,b\n", b"1,2\n"],
+        )
+    )
+    with httpx.Client(trust_env=False) as client, Offloader() as offloader:
+        backend = client.get(sites.backend.url)
+        assert backend.is_stream_consumed
+        response = offloader.modify_response(backend)
+        assert response.read() == b"done"
+
+    (seen,) = offload.seen
+    headers = httpx.Headers(seen.headers)
+    assert seen.body == b"a,b\n1,2\n"
+    assert headers["content-length"] == "8"
+    assert headers["content-type"] == "text/csv"
+
+
+@pytest.mark.anyio
+async def test_an_async_response_read_before_the_offload_forwards_its_body(
+    sites: Sites,
+) -> None:
+    """The async twin: `amodify_response` on a response read whole."""
+    offload = Responder(body=[b"done"])
+    sites.offload.use(offload)
+    sites.backend.use(
+        Responder(
+            headers=offload_to(
+                sites.offload.url,
+                ("Offload-Method", "POST"),
+                ("Offload-Forward-Body", ""),
+            ),
+            body=[b"x" * 3000],
+        )
+    )
+    async with (
+        httpx.AsyncClient(trust_env=False) as client,
+        Offloader() as offloader,
+    ):
+        backend = await client.get(sites.backend.url)
+        response = await offloader.amodify_response(backend)
+        assert await response.aread() == b"done"
+        await response.aclose()
+
+    (seen,) = offload.seen
+    assert seen.body == b"x" * 3000
+    assert httpx.Headers(seen.headers)["content-length"] == "3000"
