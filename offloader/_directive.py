@@ -54,6 +54,12 @@ def _parse_url(value: object) -> httpx.URL:
         raise InvalidDirective(
             f"offload URL must be an absolute http or https URL: {value!r}"
         )
+    # httpx accepts any number as a port; a socket would take it modulo
+    # 65536 and connect elsewhere.
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InvalidDirective(
+            f"offload URL has a port out of range: {value!r}"
+        )
     return url
 
 

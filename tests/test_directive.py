@@ -55,6 +55,9 @@ def test_bad_method_is_invalid(method: str) -> None:
         "http://host/a\x00b",
         "http://host/a b",
         "http://host/\tx",
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:65536/",
+        "https://host:0/",
     ],
 )
 def test_bad_url_is_invalid(url: str) -> None:
