@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
 
 import httpx
 
@@ -28,11 +28,21 @@ __all__ = [
 HeaderName: TypeAlias = str | bytes
 HeaderValue: TypeAlias = str | bytes
 
+
+class HeaderItems(Protocol):
+    """Headers that list their ``(name, value)`` pairs, repeats
+    included, from ``items()``: `wsgiref.headers.Headers`, and
+    `email.message.Message` (which `http.client` responses use)."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
 #: What `parse_directive` and the parsers accept as headers.
 HeadersInput: TypeAlias = (
     httpx.Headers
     | Mapping[str, str]
     | Mapping[bytes, bytes]
+    | HeaderItems
     | Iterable[tuple[str, str]]
     | Iterable[tuple[bytes, bytes]]
 )
@@ -102,12 +112,20 @@ def header_pairs(headers: HeadersInput) -> list[tuple[str, str]]:
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in headers.raw
         ]
-    # Starlette's and aiohttp's mappings return every value of a repeated
-    # header from items(); a dict has one value per name.
-    items: Iterable[tuple[HeaderName, HeaderValue]] = (
-        headers.items() if isinstance(headers, Mapping) else headers
+    # Starlette's and aiohttp's mappings, wsgiref's headers and email
+    # messages return every value of a repeated header from items(); a
+    # dict has one value per name.
+    items_of = getattr(headers, "items", None)
+    items: Iterable[Any] = (
+        items_of() if callable(items_of) else cast("Iterable[Any]", headers)
     )
-    return [(_text(name).lower(), _text(value)) for name, value in items]
+    try:
+        return [(_text(name).lower(), _text(value)) for name, value in items]
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            "headers must be a mapping, or an iterable of (name, value) "
+            f"pairs of str or bytes: {exc}"
+        ) from exc
 
 
 def connection_named_headers(pairs: Iterable[tuple[str, str]]) -> set[str]:

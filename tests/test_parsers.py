@@ -5,6 +5,8 @@ servers."""
 
 from __future__ import annotations
 
+import email.message
+import wsgiref.headers
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -56,6 +58,14 @@ def _bytes_pairs(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in pairs]
 
 
+def _message(pairs: list[tuple[str, str]]) -> email.message.Message:
+    # The header type of http.client's responses.
+    message = email.message.Message()
+    for name, value in pairs:
+        message[name] = value
+    return message
+
+
 SHAPES: dict[str, Callable[[list[tuple[str, str]]], HeadersInput]] = {
     "httpx.Headers": httpx.Headers,
     "str pairs": list,
@@ -68,7 +78,20 @@ SHAPES: dict[str, Callable[[list[tuple[str, str]]], HeadersInput]] = {
     "aiohttp CIMultiDictProxy": lambda pairs: multidict.CIMultiDictProxy(
         multidict.CIMultiDict(pairs)
     ),
+    "wsgiref.headers.Headers": lambda pairs: wsgiref.headers.Headers(
+        list(pairs)
+    ),
+    "email.message.Message": _message,
 }
+
+
+def test_headers_that_are_not_pairs_are_a_type_error() -> None:
+    """Something that is neither a mapping nor pairs is refused with a
+    clear TypeError, not an error from deep inside."""
+    with pytest.raises(TypeError, match="mapping, or an iterable"):
+        parse_directive(["offload-requested", "offload-url"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str or bytes"):
+        parse_directive([("offload-requested", 1)])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
