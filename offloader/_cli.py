@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -94,10 +95,14 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 def _host_pattern(value: str) -> str:
     pattern = value.strip().lower()
+    with contextlib.suppress(ValueError):
+        # An IP address, IPv6 with or without its brackets.
+        bare = pattern.removeprefix("[").removesuffix("]")
+        return str(ipaddress.ip_address(bare))
     name = pattern.removeprefix("*.")
-    if not name or "*" in name or "/" in name or ":" in name.strip("[]"):
+    if not name or "*" in name or "/" in name or ":" in name:
         raise argparse.ArgumentTypeError(
-            f"expected a host name or *.suffix, not {value!r}"
+            f"expected a host name, an IP address or *.suffix, not {value!r}"
         )
     return pattern
 
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_host_pattern,
         metavar="HOST",
         help=(
-            "a host offloads may go to, exact or *.suffix; repeatable "
+            "a host offloads may go to: a name, an IP address or "
+            "*.suffix; repeatable "
             "(the backend's host is always allowed)"
         ),
     )

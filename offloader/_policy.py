@@ -24,6 +24,26 @@ def _to_lower_tuple(value: Iterable[str] | None) -> tuple[str, ...] | None:
     return tuple(item.strip().lower().rstrip(".") for item in value)
 
 
+def _host_key(host: str) -> str:
+    """*host* as the policy compares it: lowercase, without a final
+    dot, and an IP address (brackets or not) in its shortest form."""
+    host = host.strip().lower().rstrip(".")
+    try:
+        return str(
+            ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        )
+    except ValueError:
+        return host
+
+
+def _to_hosts(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    return tuple(_host_key(item) for item in value)
+
+
 def _to_ports(value: Iterable[int] | None) -> frozenset[int] | None:
     return None if value is None else frozenset(int(port) for port in value)
 
@@ -82,7 +102,7 @@ class DestinationPolicy:
         default=("http", "https"), converter=_to_lower_tuple
     )
     hosts: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_to_lower_tuple
+        default=None, converter=_to_hosts
     )
     ports: frozenset[int] | None = attrs.field(
         default=None, converter=_to_ports
@@ -124,7 +144,7 @@ class DestinationPolicy:
         """Tell whether *host* matches the allowed hosts."""
         if self.hosts is None:
             return True
-        host = host.lower().rstrip(".")
+        host = _host_key(host)
         for pattern in self.hosts:
             if pattern.startswith("*."):
                 if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:

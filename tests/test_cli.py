@@ -373,6 +373,28 @@ def test_python_dash_m_offloader_shows_help() -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "allowed"),
+    [
+        ("api.internal", "api.internal"),
+        ("*.Internal", "*.internal"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("::1", "::1"),
+        ("[::1]", "::1"),
+    ],
+)
+def test_allow_host_takes_names_suffixes_and_addresses(
+    written: str, allowed: str
+) -> None:
+    """--allow-host takes a name, a *.suffix, or an IP address (IPv6
+    with or without brackets)."""
+    arguments = build_parser().parse_args(
+        ["serve", "--backend", "http://x", "--allow-host", written]
+    )
+
+    assert arguments.allow_host == [allowed]
+
+
+@pytest.mark.parametrize(
     "arguments",
     [
         ["serve"],
@@ -381,6 +403,8 @@ def test_python_dash_m_offloader_shows_help() -> None:
         ["serve", "--backend", "http://127.0.0.1:1", "--workers", "0"],
         ["serve", "--backend", "http://x", "--offload-timeout", "soon"],
         ["serve", "--backend", "http://x", "--allow-host", "http://a/"],
+        ["serve", "--backend", "http://x", "--allow-host", "a:80"],
+        ["serve", "--backend", "http://x", "--allow-host", "*.[::1]"],
         ["serve", "--backend", "http://x", "--log-level", "loud"],
         ["serve", "--backend", "http://x", "--engine", "curl"],
     ],

@@ -225,6 +225,22 @@ def test_names_ports_and_schemes_are_still_checked() -> None:
             policy.check(httpx.URL(url))
 
 
+@pytest.mark.parametrize("written", ["::1", "[::1]", "0:0:0:0:0:0:0:1"])
+def test_an_ip_address_host_matches_however_it_is_written(
+    written: str,
+) -> None:
+    """An allowed IP address matches the URL's host in any spelling of
+    it, IPv6 with or without brackets; its neighbours do not."""
+    policy = DestinationPolicy(hosts=[written, "10.0.0.1"])
+
+    policy.check(httpx.URL("http://[::1]:8080/"))
+    policy.check(httpx.URL("http://[0::1]/"))
+    policy.check(httpx.URL("http://10.0.0.1/"))
+    for url in ("http://[::2]/", "http://10.0.0.10/", "http://127.0.0.1/"):
+        with pytest.raises(DestinationRefused):
+            policy.check(httpx.URL(url))
+
+
 # -- through real servers: a refused destination receives nothing ----------
 
 
