@@ -181,6 +181,9 @@ class OffloadHeaderParser:
             _invalid_value_check("content-type", content_type)
             sent.append(("content-type", content_type))
         try:
+            # float() also reads "1_000" as a number; HTTP does not.
+            if timeouts and "_" in timeouts[0]:
+                raise ValueError(timeouts[0])
             timeout = float(timeouts[0]) if timeouts else None
         except ValueError:
             raise InvalidDirective(

@@ -265,6 +265,10 @@ def test_framing_and_hop_by_hop_names_are_dropped(name: str) -> None:
             id="timeout-zero",
         ),
         pytest.param(
+            [("Offload-Url", "http://a/"), ("Offload-Timeout", "1_000")],
+            id="timeout-underscore",
+        ),
+        pytest.param(
             [("Offload-Url", "http://a/"), ("Offload-Timeout", "nan")],
             id="timeout-nan",
         ),
