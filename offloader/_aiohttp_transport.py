@@ -357,6 +357,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             collections.deque()
         )
 
+    def connection_counts(self) -> tuple[int, int]:
+        """Return the connections in use by requests, and the idle open
+        ones kept for reuse (what ``offloader_pool_connections``
+        reports)."""
+        connector = None if self._session is None else self._session.connector
+        # Limitation: aiohttp keeps its idle connections in a private
+        # attribute of its connector; a closed one stays there until the
+        # connector next looks, so only connected ones are counted.
+        entries = getattr(connector, "_conns", {}).values()
+        idle = sum(
+            1
+            for queue in entries
+            for protocol, _ in queue
+            if protocol.is_connected()
+        )
+        return self._in_use, idle
+
     def _release_slot(self) -> None:
         # A freed slot goes to the first request still waiting, if any.
         while self._waiting:

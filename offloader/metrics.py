@@ -190,6 +190,10 @@ class PrometheusObserver:
         if event.kind == "start":
             self.in_flight.inc()
             return
+        if event.kind == "refuse":
+            # Never started: neither in flight nor timed.
+            self.total.labels(outcome_of(event.error)).inc()
+            return
         self.in_flight.dec()
         outcome = outcome_of(event.error)
         self.total.labels(outcome).inc()
@@ -259,11 +263,9 @@ class _PoolCollector(Collector):
             limit.add_metric([], sum(o.max_offloads or 0 for o in offloaders))
             active = idle = 0
             for offloader in offloaders:
-                for connection in _pooled_connections(offloader):
-                    if connection.is_idle():
-                        idle += 1
-                    else:
-                        active += 1
+                busy, free = _pool_use(offloader)
+                active += busy
+                idle += free
             pool.add_metric(["active"], active)
             pool.add_metric(["idle"], idle)
         yield limit
@@ -274,6 +276,29 @@ class _PooledConnection(Protocol):
     def is_idle(self) -> bool: ...
 
 
+class _CountingTransport(Protocol):
+    def connection_counts(self) -> tuple[int, int]: ...
+
+
+def _pool_use(offloader: Offloader) -> tuple[int, int]:
+    """The connections of *offloader*'s pools in use, and idle."""
+    # A transport that counts its own connections, such as the aiohttp
+    # engine's, is read whether the offloader made it or was given it.
+    given = offloader._async_transport
+    if not offloader._owns_async_transport and hasattr(
+        given, "connection_counts"
+    ):
+        counting: _CountingTransport = given  # type: ignore[assignment]
+        return counting.connection_counts()
+    active = idle = 0
+    for connection in _pooled_connections(offloader):
+        if connection.is_idle():
+            idle += 1
+        else:
+            active += 1
+    return active, idle
+
+
 def _pooled_connections(
     offloader: Offloader,
 ) -> Iterator[_PooledConnection]:
@@ -281,7 +306,7 @@ def _pooled_connections(
     # reads httpcore's pool (whose ``connections`` property is public)
     # through httpx's private ``_pool`` attribute, and reports nothing for
     # transports or clients that the user passed in or that have another
-    # engine.
+    # engine (`_pool_use` reads a given AiohttpTransport itself).
     transports: list[object] = []
     if offloader._owns_transport:
         transports.append(offloader._transport)
