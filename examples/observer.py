@@ -25,6 +25,8 @@ def print_event(event: OffloadEvent) -> None:
             f"finish {event.status_code}, {event.bytes_received} bytes"
             f" in {event.duration:.3f}s"
         )
+    elif event.kind == "refuse":  # refused before it started
+        print(f"refuse {type(event.error).__name__}")
     else:
         print(
             f"error  {type(event.error).__name__} after {event.duration:.3f}s"

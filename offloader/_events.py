@@ -19,10 +19,15 @@ class OffloadEvent:
     Attributes:
         kind: ``"start"`` when the offload request is about to be sent,
             ``"finish"`` when its response body was relayed to the end,
-            ``"error"`` when it failed at any point.
-        method: The offload request's method.
-        url: The offload request's URL. It may be internal: keep it out
-            of anything a client sees.
+            ``"error"`` when it failed at any point after its start.
+            ``"refuse"`` when the offload was refused before it started
+            (an invalid directive, the ``max_offloads`` cap): no
+            ``"start"`` came before it, and ``error`` says why.
+        method: The offload request's method (empty for a directive
+            that did not parse).
+        url: The offload request's URL (empty for a directive that did
+            not parse). It may be internal: keep it out of anything a
+            client sees.
         status_code: The offload server's status, once known.
         duration: Seconds since the offload started.
         bytes_received: Body bytes received from the offload server so
@@ -30,7 +35,7 @@ class OffloadEvent:
         error: The error, for ``"error"`` events.
     """
 
-    kind: Literal["start", "finish", "error"]
+    kind: Literal["start", "finish", "error", "refuse"]
     method: str
     url: str
     status_code: int | None = None

@@ -352,7 +352,7 @@ class Offloader:
 
     def _emit(
         self,
-        kind: Literal["start", "finish", "error"],
+        kind: Literal["start", "finish", "error", "refuse"],
         flight: _Flight,
         error: OffloadError | None = None,
     ) -> None:
@@ -374,6 +374,17 @@ class Offloader:
                 logger.warning(
                     "offload observer %r failed", observer, exc_info=True
                 )
+
+    def _refuse(
+        self, directive: OffloadDirective | None, error: OffloadError
+    ) -> None:
+        """Tell the observers of an offload refused before its start."""
+        if self.observers:
+            flight = _Flight(
+                "" if directive is None else directive.method,
+                "" if directive is None else directive.url,
+            )
+            self._emit("refuse", flight, error)
 
     def _start(self, directive: OffloadDirective) -> _Flight:
         flight = _Flight(directive.method, directive.url)
@@ -450,6 +461,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
+            self._refuse(None, exc)
             _discard_sync(response, self.drain_limit)
             raise
         if directive is None:
@@ -464,6 +476,7 @@ class Offloader:
             self._acquire()
         except OffloadCapacityExceeded as exc:
             logger.warning("refusing an offload: %s", exc)
+            self._refuse(directive, exc)
             _discard_sync(response, self.drain_limit)
             raise
         flight = self._start(directive)
@@ -603,6 +616,7 @@ class Offloader:
             directive = self._parser.parse(response.headers)
         except InvalidDirective as exc:
             logger.warning("refusing an invalid offload directive: %s", exc)
+            self._refuse(None, exc)
             await _discard_async(response, self.drain_limit)
             raise
         if directive is None:
@@ -617,6 +631,7 @@ class Offloader:
             self._acquire()
         except OffloadCapacityExceeded as exc:
             logger.warning("refusing an offload: %s", exc)
+            self._refuse(directive, exc)
             await _discard_async(response, self.drain_limit)
             raise
         flight = self._start(directive)

@@ -71,6 +71,7 @@ EXPECTED: dict[str, list[str]] = {
         "finish 200, 56 bytes in ",
         "start  GET http://127.0.0.1:9/nothing-here",
         "raised OffloadRequestFailed",
+        "refuse InvalidDirective",
         "raised InvalidDirective",
     ],
     "parse_directive.py": [

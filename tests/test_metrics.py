@@ -23,9 +23,11 @@ from offloader import (
     OffloadCapacityExceeded,
     Offloader,
     OffloadError,
+    OffloadEvent,
     OffloadRequestFailed,
     OffloadTimeout,
 )
+from offloader.hooks.aiohttp import AiohttpTransport
 from offloader.hooks.httpx import hooks
 from offloader.metrics import (
     MULTIPROCESS_ENV,
@@ -349,3 +351,95 @@ async def test_watch_reports_the_async_pool(
 
     assert response.content == REPORT
     assert idle == 1
+
+
+@pytest.mark.anyio
+async def test_watch_reports_the_pool_of_the_aiohttp_engine(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """The pool gauge reads the aiohttp engine's pool too, as
+    ``offloader serve`` runs by default: a connection is active while an
+    offload is relayed, and idle after."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    transport = AiohttpTransport()
+    offloader = Offloader(async_transport=transport)
+    instrument(offloader, registry)
+    bound = hooks(offloader)
+
+    async with (
+        offloader,
+        httpx.AsyncClient(
+            event_hooks={"response": [bound.async_response_hook]}
+        ) as client,
+    ):
+        async with client.stream("GET", f"{backend.url}/report") as response:
+            active = _value(
+                registry, "offloader_pool_connections", state="active"
+            )
+            body = await response.aread()
+        idle = _value(registry, "offloader_pool_connections", state="idle")
+        after = _value(registry, "offloader_pool_connections", state="active")
+    await transport.aclose()
+
+    assert body == REPORT
+    assert (active, after, idle) == (1, 0, 1)
+
+
+def test_refusals_before_a_start_are_counted_once(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """An invalid directive and the max_offloads cap emit one ``refuse``
+    event each, with no ``start``: the totals count them by outcome and
+    the in-flight gauge is left alone."""
+    backend, _ = servers
+    registry = CollectorRegistry()
+    events: list[OffloadEvent] = []
+    capped = Offloader(
+        observers=[PrometheusObserver(registry), events.append],
+        max_offloads=1,
+    )
+    bound = hooks(capped)
+    invalid = httpx.Response(
+        200,
+        headers={"Offload-Requested": "", "Offload-Method": "DELETE"},
+        request=httpx.Request("GET", backend.url),
+    )
+
+    with (
+        capped,
+        httpx.Client(event_hooks={"response": [bound.response_hook]}) as c,
+        c.stream("GET", f"{backend.url}/report") as held,
+    ):
+        with pytest.raises(OffloadCapacityExceeded):
+            c.get(f"{backend.url}/report")
+        with pytest.raises(InvalidDirective):
+            capped.modify_response(invalid)
+        in_flight = _value(registry, "offloader_offloads_in_flight")
+        assert held.read() == REPORT
+
+    assert [event.kind for event in events] == [
+        "start",
+        "refuse",
+        "refuse",
+        "finish",
+    ]
+    capacity, invalid_event = events[1], events[2]
+    assert isinstance(capacity.error, OffloadCapacityExceeded)
+    assert capacity.url.endswith("/report")
+    assert isinstance(invalid_event.error, InvalidDirective)
+    assert (invalid_event.method, invalid_event.url) == ("", "")
+    assert in_flight == 1
+    assert _value(registry, "offloader_offloads_in_flight") == 0
+    for outcome in ("capacity_exceeded", "invalid_directive", "ok"):
+        assert (
+            _value(registry, "offloader_offloads_total", outcome=outcome) == 1
+        )
+    assert (
+        _value(
+            registry,
+            "offloader_offload_duration_seconds_count",
+            outcome="capacity_exceeded",
+        )
+        is None
+    )
