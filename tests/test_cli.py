@@ -450,3 +450,31 @@ def test_missing_server_extra_gives_a_friendly_error() -> None:
     assert result.returncode == 2
     assert "pip install 'offloader[server]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_offload_cut_by_the_grace_period_is_a_503(
+    backend: RunningServer, offload_server: RunningServer
+) -> None:
+    """An offload still running when the grace period ends gets a 503
+    with Retry-After, not a 500, and the log has no traceback."""
+    slow = offload_server.url + "/slow?delay=5"
+    with offloader_serve(backend.url, "--grace-period", "1") as proxy:
+        results: list[httpx.Response] = []
+        in_flight = threading.Thread(
+            target=lambda: results.append(
+                httpx.get(
+                    proxy.url + "/x", headers=offload_to(slow), timeout=20
+                )
+            )
+        )
+        in_flight.start()
+        time.sleep(0.5)
+        proxy.process.send_signal(signal.SIGTERM)
+        in_flight.join(15)
+        status = proxy.process.wait(10)
+
+    assert results[0].status_code == 503
+    assert results[0].headers["retry-after"] == "1"
+    assert status == 0
+    assert "Traceback" not in proxy.stderr
+    assert "shutting down: gave up GET /x" in proxy.stderr

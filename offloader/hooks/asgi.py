@@ -28,6 +28,7 @@ client disconnects at DEBUG. The core logs failed offloads itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import (
     AsyncIterable,
@@ -479,6 +480,11 @@ def error_response(
 # -- the proxy --------------------------------------------------------------
 
 
+#: The answer to a request the server gave up on as it shut down.
+_SHUTTING_DOWN = error_response(
+    OffloadCapacityExceeded("the proxy is shutting down")
+)
+
 #: Seconds an exchange runs before the proxy starts watching its client
 #: for a disconnect.
 WATCH_DELAY = 0.25
@@ -514,6 +520,7 @@ class _Exchange:
         "cancel_scope",
         "disconnected",
         "finished",
+        "started",
         "watch_timer",
         "watcher",
     )
@@ -524,6 +531,8 @@ class _Exchange:
         self.watcher: asyncio.Task[None] | None = None
         self.finished = False
         self.disconnected = False
+        #: Whether the answer's start went to the client.
+        self.started = False
 
 
 async def _watch(receive: Receive, exchange: _Exchange) -> None:
@@ -691,17 +700,32 @@ class OffloadProxy:
         # with Task.cancel: httpcore and anyio shield their clean-up (and
         # a connection being opened) from anyio's cancellation only, and
         # a bare Task.cancel landing there leaks the socket.
-        with cancel_scope() as exchange_scope:
-            exchange = _Exchange(exchange_scope)
-            try:
-                await self._exchange(scope, receive, send, exchange)
-            finally:
-                exchange.finished = True
-                if exchange.watch_timer is not None:
-                    exchange.watch_timer.cancel()
-                if exchange.watcher is not None:
-                    exchange.watcher.cancel()
-        if exchange.disconnected:
+        exchange: _Exchange | None = None
+        try:
+            with cancel_scope() as exchange_scope:
+                exchange = _Exchange(exchange_scope)
+                try:
+                    await self._exchange(scope, receive, send, exchange)
+                finally:
+                    exchange.finished = True
+                    if exchange.watch_timer is not None:
+                        exchange.watch_timer.cancel()
+                    if exchange.watcher is not None:
+                        exchange.watcher.cancel()
+        except asyncio.CancelledError:
+            # The proxy cancels its own work through the scope above,
+            # which stops there; a cancellation that gets past it comes
+            # from the server, whose grace period on shutdown ran out.
+            # Answer 503 if nothing was sent yet, and end quietly: a
+            # cancelled app is a 500 and a traceback in uvicorn's log.
+            logger.warning(
+                "shutting down: gave up %s %s", scope["method"], scope["path"]
+            )
+            if exchange is not None and not exchange.started:
+                with contextlib.suppress(Exception):
+                    await _send_error(send, _SHUTTING_DOWN)
+            return
+        if exchange is not None and exchange.disconnected:
             logger.debug(
                 "client disconnected: %s %s", scope["method"], scope["path"]
             )
@@ -744,7 +768,7 @@ class OffloadProxy:
                 request
             )
             response = await self.offloader.amodify_response(response)
-            started = True
+            started = exchange.started = True
             await _relay(response, send, self._prefixes)
         except ClientDisconnected:
             exchange.disconnected = True
