@@ -45,7 +45,11 @@ def make_proxy(
     return OffloadProxy(backend, offloader=offloader)
 
 
-# Serve it with any ASGI server, for instance:
+# Serve it with any ASGI server. With uvicorn, from a module myproxy.py
+# that defines
+#     def app() -> OffloadProxy:
+#         return make_proxy(BACKEND, FILE_STORE, REGISTRY)
+# run:
 #     uvicorn --factory myproxy:app --host 127.0.0.1 --port 8080
 # --8<-- [end:app]
 
