@@ -8,7 +8,8 @@ with::
     │   └── DestinationRefused    its destination is outside the policy
     ├── OffloadRequestFailed      the offload server could not be reached,
     │   │                         or broke the exchange
-    │   └── BodyTooLarge          a forwarded body passed the size limit
+    │   ├── BodyTooLarge          a forwarded body passed the size limit
+    │   └── OffloadCancelled      the caller gave up (a client that left)
     ├── OffloadTimeout            the offload ran past its deadline (504)
     └── OffloadCapacityExceeded   too many offloads at once (503)
 
@@ -22,6 +23,7 @@ __all__ = [
     "BodyTooLarge",
     "DestinationRefused",
     "InvalidDirective",
+    "OffloadCancelled",
     "OffloadCapacityExceeded",
     "OffloadError",
     "OffloadRequestFailed",
@@ -69,6 +71,17 @@ class OffloadRequestFailed(OffloadError):
 
 class BodyTooLarge(OffloadRequestFailed):
     """The backend body being forwarded passed the configured size limit."""
+
+
+class OffloadCancelled(OffloadRequestFailed):
+    """The offload was cancelled by its caller, as the ready proxy does
+    when its client disconnects.
+
+    Nobody is left to answer; it is told apart from a failure of the
+    offload server in logs, events and metrics. It subclasses
+    `OffloadRequestFailed`, so that code catching failed offloads still
+    catches it.
+    """
 
 
 class OffloadTimeout(OffloadError):

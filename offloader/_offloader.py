@@ -28,6 +28,7 @@ from ._directive import OffloadDirective
 from ._errors import (
     BodyTooLarge,
     InvalidDirective,
+    OffloadCancelled,
     OffloadCapacityExceeded,
     OffloadError,
     OffloadRequestFailed,
@@ -99,7 +100,7 @@ def _map_error(exc: BaseException, url: str) -> OffloadError:
     if isinstance(exc, asyncio.CancelledError):
         # The caller gave up (a client that disconnected, as a rule):
         # the task's own cancel message says nothing useful.
-        return OffloadRequestFailed(f"offload to {url} was cancelled")
+        return OffloadCancelled(f"offload to {url} was cancelled")
     return OffloadRequestFailed(f"offload to {url} failed: {exc!r}")
 
 

@@ -20,7 +20,8 @@ that keeps these metrics, with the default namespace ``offloader``:
 
 ``outcome`` is ``ok`` or the kind of failure: ``invalid_directive``,
 ``destination_refused``, ``request_failed``, ``body_too_large``,
-``timeout``, ``capacity_exceeded`` (or ``error`` for anything else). The
+``cancelled`` (the caller gave up), ``timeout``, ``capacity_exceeded``
+(or ``error`` for anything else). The
 last two gauges describe offloaders passed to `PrometheusObserver.watch`.
 
 `start_metrics_server` serves a registry on ``HOST:PORT`` for scraping;
@@ -55,6 +56,7 @@ from ._errors import (
     BodyTooLarge,
     DestinationRefused,
     InvalidDirective,
+    OffloadCancelled,
     OffloadCapacityExceeded,
     OffloadError,
     OffloadRequestFailed,
@@ -104,6 +106,7 @@ _OUTCOMES: tuple[tuple[type[OffloadError], str], ...] = (
     (DestinationRefused, "destination_refused"),
     (InvalidDirective, "invalid_directive"),
     (BodyTooLarge, "body_too_large"),
+    (OffloadCancelled, "cancelled"),
     (OffloadRequestFailed, "request_failed"),
     (OffloadTimeout, "timeout"),
     (OffloadCapacityExceeded, "capacity_exceeded"),

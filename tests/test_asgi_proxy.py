@@ -19,7 +19,9 @@ from offloader import (
     DestinationPolicy,
     DestinationRefused,
     InvalidDirective,
+    OffloadCancelled,
     OffloadCapacityExceeded,
+    OffloadEvent,
     OffloadRequestFailed,
     OffloadTimeout,
 )
@@ -489,10 +491,14 @@ async def test_client_disconnect_cancels_the_offload(
 ) -> None:
     """When the client goes away, the offload request is cancelled at
     once: the offload server sees its connection close within a second,
-    and the proxy holds nothing afterwards."""
+    and the proxy holds nothing afterwards. Observers see the offload
+    end as cancelled, not as a failure of the offload server."""
     app = OffloadServer()
+    events: list[OffloadEvent] = []
     offloader = make_offloader(
-        engine, policy=DestinationPolicy(hosts=["127.0.0.1"])
+        engine,
+        policy=DestinationPolicy(hosts=["127.0.0.1"]),
+        observers=[events.append],
     )
     with (
         serve(app) as upstream,
@@ -521,6 +527,8 @@ async def test_client_disconnect_cancels_the_offload(
     assert app.disconnected_at - gone_at < 1.0
     assert proxy.active == 0
     assert offloader.in_flight == 0
+    assert [event.kind for event in events] == ["start", "error"]
+    assert isinstance(events[1].error, OffloadCancelled)
 
 
 @pytest.mark.anyio

@@ -18,8 +18,10 @@ import pytest
 
 from offloader import (
     InvalidDirective,
+    OffloadCancelled,
     OffloadCapacityExceeded,
     Offloader,
+    OffloadEvent,
     OffloadRequestFailed,
 )
 from offloader.hooks.httpx import hooks
@@ -212,7 +214,8 @@ async def test_cancelled_offload_logs_that_it_was_cancelled(
             headers={"Offload-Requested": "", "Offload-Url": url},
             request=httpx.Request("GET", "http://backend.test/"),
         )
-        async with Offloader() as offloader:
+        events: list[OffloadEvent] = []
+        async with Offloader(observers=[events.append]) as offloader:
             offload = asyncio.create_task(offloader.amodify_response(backend))
             await asyncio.sleep(0.3)
             offload.cancel()
@@ -223,6 +226,8 @@ async def test_cancelled_offload_logs_that_it_was_cancelled(
     warnings = [r.getMessage() for r in _records(caplog, logging.WARNING)]
     assert len(warnings) == 1
     assert warnings[0].endswith(f"offload to {url} was cancelled")
+    assert [event.kind for event in events] == ["start", "error"]
+    assert isinstance(events[1].error, OffloadCancelled)
     assert "CancelledError" not in warnings[0]
 
 
