@@ -734,7 +734,6 @@ class OffloadProxy:
         self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
     ) -> None:
         response: httpx.Response | None = None
-        started = False
         try:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -768,13 +767,13 @@ class OffloadProxy:
                 request
             )
             response = await self.offloader.amodify_response(response)
-            started = exchange.started = True
+            exchange.started = True
             await _relay(response, send, self._prefixes)
         except ClientDisconnected:
             exchange.disconnected = True
         except Exception as exc:
-            self._log_error(scope, exc, started)
-            if not started:
+            self._log_error(scope, exc, exchange.started)
+            if not exchange.started:
                 await _send_error(
                     send, error_response(exc, retry_after=self.retry_after)
                 )
