@@ -24,8 +24,8 @@ import functools
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import aiohttp.abc
@@ -167,22 +167,26 @@ def _map_exception(
     return mapped(message, request=request)
 
 
-@contextlib.contextmanager
-def _mapped(request: httpx.Request, *, sending: bool) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        cause = exc.__cause__
-        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(
-            cause, (OSError, aiohttp.ClientError, type(None))
-        ):
-            # The request body's own iterator failed (a size limit, the
-            # backend): that error is the one to report, not the write.
-            raise cause from None
-        mapped = _map_exception(exc, request, sending=sending)
-        if mapped is None:
-            raise
-        raise mapped from exc
+def _raise_translated(
+    exc: Exception, request: httpx.Request, *, sending: bool
+) -> NoReturn:
+    """Raise, for *exc* that aiohttp raised, what an httpx caller expects.
+
+    Called from ``except`` clauses rather than being a context manager:
+    it wraps every request, twice, and a generator-based context manager
+    costs more than the clause.
+    """
+    cause = exc.__cause__
+    if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(
+        cause, (OSError, aiohttp.ClientError, type(None))
+    ):
+        # The request body's own iterator failed (a size limit, the
+        # backend): that error is the one to report, not the write.
+        raise cause from None
+    mapped = _map_exception(exc, request, sending=sending)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -199,9 +203,11 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped(self._request, sending=False):
+        try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
+        except Exception as exc:
+            _raise_translated(exc, self._request, sending=False)
 
     async def aclose(self) -> None:
         response = self._response
@@ -252,7 +258,8 @@ class _Upload(aiohttp.payload.AsyncIterablePayload):
         while (chunk := await self._queue.get()) is not None:
             yield chunk
         if self.failure is not None:
-            # aiohttp wraps it; `_mapped` or `finish` raise it as is.
+            # aiohttp wraps it; `_raise_translated` or `finish` raise it
+            # as is.
             raise self.failure
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
@@ -460,7 +467,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         pool = timeout.get("pool")
         await self._acquire_slot(request, pool)
         try:
-            with _mapped(request, sending=True):
+            try:
                 response = await self._session.request(
                     request.method,
                     yarl.URL(str(request.url), encoded=True),
@@ -473,6 +480,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                         sock_read=timeout.get("read"),
                     ),
                 )
+            except Exception as exc:
+                _raise_translated(exc, request, sending=True)
             if upload is not None and not upload.pump.done():
                 await self._finish_upload(upload, response)
         except BaseException:
