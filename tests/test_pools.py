@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import httpcore
 import httpx
 import pytest
+from httpcore._async.connection_pool import AsyncPoolRequest
+from httpcore._sync.connection_pool import PoolRequest
 
 from offloader import DestinationPolicy
-from offloader._netguard import ShardedAsyncTransport, make_async_transport
+from offloader._netguard import (
+    GuardedSyncPool,
+    ReclaimingAsyncPool,
+    ShardedAsyncTransport,
+    make_async_transport,
+)
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +146,87 @@ async def test_expired_connections_of_an_idle_shard_are_closed() -> None:
     assert busy_sizes == [1] * 16
     assert open_shards == [1] + [0] * 15
     assert open_at_server == 1
+
+
+async def _ok(scope, receive, send):  # type: ignore[no-untyped-def]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _request_to(url: str) -> httpcore.Request:
+    host = url.removeprefix("http://").encode()
+    return httpcore.Request("GET", url, headers=[(b"host", host)])
+
+
+# encode/httpcore#1110: between the moment httpcore's pool hands an idle
+# connection to a waiting request and the moment that request starts on
+# it, the connection still looks idle, and any other pass over the pool
+# may close it (as expired here). These tests make that moment by hand,
+# through the pool's private request list and assignment pass, since
+# the race cannot be timed through the public API.
+
+
+@pytest.mark.parametrize(
+    ("pool_class", "closes_it"),
+    [(ReclaimingAsyncPool, False), (httpcore.AsyncConnectionPool, True)],
+)
+async def test_a_pass_keeps_a_connection_handed_to_a_waiting_request(
+    pool_class: type[httpcore.AsyncConnectionPool], closes_it: bool
+) -> None:
+    """Our async pool keeps an expired connection it has handed to a
+    request that has not started yet, and the request then gets its
+    answer on it; httpcore's own pool closes it under the request. Once
+    no request holds it, ours closes it as expired too."""
+    with serve(_ok) as server:
+        async with pool_class(keepalive_expiry=0.05) as pool:
+            await pool.request("GET", server.url)
+            [connection] = pool.connections
+            waiting = AsyncPoolRequest(_request_to(server.url))
+            waiting.assign_to_connection(connection)
+            pool._requests.append(waiting)
+            await asyncio.sleep(0.1)
+            assert connection.has_expired()
+
+            closing = pool._assign_requests_to_connections()
+            pool._requests.remove(waiting)
+            for closed in closing:
+                await closed.aclose()
+
+            assert (connection in closing) is closes_it
+            if closes_it:
+                return
+            assert pool.connections == [connection]
+            response = await connection.handle_async_request(waiting.request)
+            body = await response.aread()
+            await response.aclose()
+            assert (body, response.status) == (b"ok", 200)
+            await asyncio.sleep(0.1)
+            closing = pool._assign_requests_to_connections()
+            for closed in closing:
+                await closed.aclose()
+            assert closing == [connection]
+
+
+def test_the_sync_pool_keeps_a_connection_handed_to_a_waiting_request() -> (
+    None
+):
+    """The same for the sync pool, whose requests wait in threads."""
+    with serve(_ok) as server, GuardedSyncPool(keepalive_expiry=0.05) as pool:
+        pool.request("GET", server.url)
+        [connection] = pool.connections
+        waiting = PoolRequest(_request_to(server.url))
+        waiting.assign_to_connection(connection)
+        pool._requests.append(waiting)
+        time.sleep(0.1)
+        assert connection.has_expired()
+
+        closing = pool._assign_requests_to_connections()
+        pool._requests.remove(waiting)
+        for closed in closing:
+            closed.close()
+
+        assert connection not in closing
+        response = connection.handle_request(waiting.request)
+        body = response.read()
+        response.close()
+        assert (body, response.status) == (b"ok", 200)
