@@ -198,11 +198,13 @@ class _ResponseStream(httpx.AsyncByteStream):
         request: httpx.Request,
         release: Callable[[], None],
     ) -> None:
-        self._response = response
+        self._response: aiohttp.ClientResponse | None = response
         self._request = request
-        self._release: Callable[[], None] | None = release
+        self._release = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._response is None:
+            raise httpx.StreamClosed()
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
@@ -211,6 +213,12 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         response = self._response
+        if response is None:
+            return
+        # Dropped at once: a backend response is closed before its
+        # offload is sent, and its aiohttp object (headers, URL, body
+        # buffer) would otherwise stay alive as long as the offload.
+        self._response = None
         if response.content.at_eof():
             # Fully read: the connection goes back to the pool.
             response.release()
@@ -218,10 +226,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             # Part of the body is still on the wire: the connection
             # cannot be reused.
             response.close()
-        release = self._release
-        if release is not None:
-            self._release = None
-            release()
+        self._release()
 
 
 class _Upload(aiohttp.payload.AsyncIterablePayload):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -402,3 +404,42 @@ async def test_a_freed_connection_goes_to_the_request_waiting() -> None:
     assert waited
     assert second.status_code == 201
     assert third.status_code == 201
+
+
+async def test_a_closed_response_keeps_no_aiohttp_objects_alive() -> None:
+    """Once closed, a response lets go of aiohttp's response (its
+    headers, URL and buffers): the proxy closes a backend response
+    before the offload it asked for, and keeps the httpx response as
+    long as that offload runs. Closing twice releases the pool slot
+    once, and a closed body cannot be read."""
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
+    with serve(echo_app) as server:
+        response = await transport.handle_async_request(
+            httpx.Request("GET", server.url)
+        )
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        aiohttp_response = weakref.ref(stream._response)  # type: ignore[attr-defined]
+        await response.aread()
+        await response.aclose()
+        await stream.aclose()
+        gc.collect()
+        after_close = aiohttp_response()
+        in_use = transport.connection_counts()[0]
+        with pytest.raises(httpx.StreamClosed):
+            async for _ in stream:
+                pass
+        # The one slot is free: another request gets it at once.
+        again = await transport.handle_async_request(
+            httpx.Request("GET", server.url, extensions=_POOL_TIMEOUT)
+        )
+        await again.aread()
+        await again.aclose()
+        await transport.aclose()
+
+    assert after_close is None
+    assert in_use == 0
+    assert again.status_code == 201
+
+
+_POOL_TIMEOUT = {"timeout": {"pool": 1.0}}
