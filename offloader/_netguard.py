@@ -386,7 +386,8 @@ class _KeepsAssignedConnections:
     counted 3 to 6 such closes in a run of the leak test (10,000
     requests, connections expiring after 0.3 s); about one run in thirty
     failed a request that way. This mixin takes such connections back
-    off the list of those to close. When httpcore closed one to make
+    off the list of those to close, unless the server has closed them
+    (see `_closed_by_server`). When httpcore closed one to make
     room for another request's new connection, the pool holds one
     connection more than ``max_connections`` until either is done.
 
@@ -408,10 +409,13 @@ class _KeepsAssignedConnections:
             if (connection := getattr(owner, "connection", None)) is not None
         }
         kept = [
-            connection for connection in closing if id(connection) in assigned
+            connection
+            for connection in closing
+            if id(connection) in assigned and not _closed_by_server(connection)
         ]
         if not kept:
             return closing
+        kept_ids = {id(connection) for connection in kept}
         # Back in the pool: its request starts on it, or, should the
         # connection be unusable, gets ConnectionNotAvailable and waits
         # for another, as httpcore provides.
@@ -419,8 +423,27 @@ class _KeepsAssignedConnections:
         return [
             connection
             for connection in closing
-            if id(connection) not in assigned
+            if id(connection) not in kept_ids
         ]
+
+
+def _closed_by_server(connection: Any) -> bool:
+    """Whether the server has closed (or written to) this idle pooled
+    connection, which httpcore learns by the socket being readable.
+
+    Such a connection is left to close: its request, not started yet,
+    then waits for another, as without `_KeepsAssignedConnections`.
+    Limitation: reads httpcore's private connection and stream
+    attributes; without them, it answers `False`.
+    """
+    inner = getattr(connection, "_connection", None)
+    stream = getattr(inner, "_network_stream", None)
+    if stream is None:
+        return False
+    try:
+        return bool(stream.get_extra_info("is_readable"))
+    except Exception:  # a guess: never a failure of its own
+        return False
 
 
 class GuardedSyncPool(_KeepsAssignedConnections, httpcore.ConnectionPool):

@@ -230,3 +230,31 @@ def test_the_sync_pool_keeps_a_connection_handed_to_a_waiting_request() -> (
         body = response.read()
         response.close()
         assert (body, response.status) == (b"ok", 200)
+
+
+async def test_a_pass_still_closes_a_handed_connection_the_server_closed() -> (
+    None
+):
+    """A connection the server has closed is let go even when handed to
+    a waiting request, as httpcore does: that request, not started yet,
+    then waits for another connection instead of failing on this one."""
+    with serve(_ok, timeout_keep_alive=0.05) as server:
+        async with ReclaimingAsyncPool(keepalive_expiry=60) as pool:
+            await pool.request("GET", server.url)
+            [connection] = pool.connections
+            waiting = AsyncPoolRequest(_request_to(server.url))
+            waiting.assign_to_connection(connection)
+            pool._requests.append(waiting)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if server.open_connections == 0:
+                    break
+
+            closing = pool._assign_requests_to_connections()
+            pool._requests.remove(waiting)
+            for closed in closing:
+                await closed.aclose()
+
+            assert server.open_connections == 0
+            assert closing == [connection]
+            assert pool.connections == []
