@@ -148,8 +148,19 @@ def start(
     cmd: list[str], core: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     # stderr goes to an unnamed file, never a pipe: a process that logs
-    # more than a pipe holds would block on it, and stall the cell.
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+    # more than a pipe holds would block on it, and stall the cell. With
+    # BENCH_KEEP_LOGS set to a folder, the file is named there and kept,
+    # to read what a system logged during a run.
+    keep = os.environ.get("BENCH_KEEP_LOGS")
+    log: Any
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by stop()
+            dir=keep, prefix=f"{time.strftime('%H%M%S')}-", suffix=".log",
+            delete=False,
+        )  # fmt: skip
+    else:
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
     proc = subprocess.Popen(
         ["taskset", "-c", core, *cmd],
         cwd=ROOT,
