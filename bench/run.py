@@ -156,8 +156,8 @@ def start(
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by stop()
-            dir=keep, prefix=f"{time.strftime('%H%M%S')}-", suffix=".log",
-            delete=False,
+            dir=keep, prefix=f"{time.strftime('%H%M%S')}-{_name_of(cmd)}-",
+            suffix=".log", delete=False,
         )  # fmt: skip
     else:
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
@@ -170,6 +170,16 @@ def start(
     )
     _STDERR[proc.pid] = log
     return proc
+
+
+def _name_of(cmd: list[str]) -> str:
+    """A short name for the process *cmd* starts: its module and first
+    word (``offloader-serve``), or its program (``nginx``)."""
+    words = [Path(cmd[0]).name]
+    if "-m" in cmd:
+        at = cmd.index("-m") + 1
+        words = [word for word in cmd[at : at + 2] if not word.startswith("-")]
+    return "-".join(words).replace(":", "_").replace("/", "_")
 
 
 def _stderr_of(proc: subprocess.Popen[bytes]) -> str:

@@ -219,14 +219,16 @@ class _ResponseStream(httpx.AsyncByteStream):
         # offload is sent, and its aiohttp object (headers, URL, body
         # buffer) would otherwise stay alive as long as the offload.
         self._response = None
-        if response.content.at_eof():
-            # Fully read: the connection goes back to the pool.
-            response.release()
-        else:
-            # Part of the body is still on the wire: the connection
-            # cannot be reused.
-            response.close()
-        self._release()
+        try:
+            if response.content.at_eof():
+                # Fully read: the connection goes back to the pool.
+                response.release()
+            else:
+                # Part of the body is still on the wire: the connection
+                # cannot be reused.
+                response.close()
+        finally:
+            self._release()
 
 
 class _Upload(aiohttp.payload.AsyncIterablePayload):

@@ -382,48 +382,55 @@ class _KeepsAssignedConnections:
     still looks idle, and another request's pass over the pool may close
     it, as expired or as a surplus idle one (encode/httpcore#1110). If
     the request has started by the time the close lands, it fails with
-    `httpx.ReadError` although the server did nothing wrong. A probe
-    counted 3 to 6 such closes in a run of the leak test (10,000
-    requests, connections expiring after 0.3 s); about one run in thirty
-    failed a request that way. This mixin takes such connections back
-    off the list of those to close, unless the server has closed them
-    (see `_closed_by_server`). When httpcore closed one to make
-    room for another request's new connection, the pool holds one
-    connection more than ``max_connections`` until either is done.
+    `httpx.ReadError` although the server did nothing wrong. A probe on
+    the pass counted 0, 3 and 6 such closes in three runs of the leak
+    test (10,000 requests, connections expiring after 0.3 s); about one
+    run in thirty failed a request with that error. This mixin takes
+    such connections back off the list of those to close, unless the
+    server has closed them (see `_closed_by_server`).
+
+    The cost: a kept connection may be used a moment past
+    ``keepalive_expiry``, the margin kept against the server's own
+    keep-alive timeout; and when the same pass opened a connection for
+    another request (to make room, or because the kept one looked
+    expired), the pool holds one connection over ``max_connections``
+    for each one kept, until a request ends.
 
     Limitation: it overrides a private method of httpcore's pools and
-    reads their private request list; should either change, the override
-    is simply not called, or leaves the pass as it was.
+    reads their private request and connection lists; should any of
+    them change, the override is not called or leaves the pass as it
+    was.
     """
 
-    _connections: list[Any]
-    _requests: list[Any]
-
     def _assign_requests_to_connections(self) -> list[Any]:
-        closing: list[Any] = super()._assign_requests_to_connections()  # type: ignore[misc]
-        if not closing:
+        assign = super()._assign_requests_to_connections  # type: ignore[misc]
+        closing: list[Any] = assign()
+        requests = getattr(self, "_requests", None)
+        connections = getattr(self, "_connections", None)
+        if (
+            not closing
+            or not isinstance(requests, list)
+            or not isinstance(connections, list)
+        ):
             return closing
         assigned = {
             id(connection)
-            for owner in self._requests
+            for owner in requests
             if (connection := getattr(owner, "connection", None)) is not None
         }
-        kept = [
-            connection
+        kept = {
+            id(connection): connection
             for connection in closing
             if id(connection) in assigned and not _closed_by_server(connection)
-        ]
+        }
         if not kept:
             return closing
-        kept_ids = {id(connection) for connection in kept}
         # Back in the pool: its request starts on it, or, should the
         # connection be unusable, gets ConnectionNotAvailable and waits
         # for another, as httpcore provides.
-        self._connections.extend(kept)
+        connections.extend(kept.values())
         return [
-            connection
-            for connection in closing
-            if id(connection) not in kept_ids
+            connection for connection in closing if id(connection) not in kept
         ]
 
 

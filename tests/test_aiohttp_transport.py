@@ -419,7 +419,9 @@ async def test_a_closed_response_keeps_no_aiohttp_objects_alive() -> None:
         )
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        aiohttp_response = weakref.ref(stream._response)  # type: ignore[attr-defined]
+        inner = stream._response  # type: ignore[attr-defined]
+        aiohttp_response = weakref.ref(inner)
+        del inner
         await response.aread()
         await response.aclose()
         await stream.aclose()
@@ -431,7 +433,9 @@ async def test_a_closed_response_keeps_no_aiohttp_objects_alive() -> None:
                 pass
         # The one slot is free: another request gets it at once.
         again = await transport.handle_async_request(
-            httpx.Request("GET", server.url, extensions=_POOL_TIMEOUT)
+            httpx.Request(
+                "GET", server.url, extensions={"timeout": {"pool": 1.0}}
+            )
         )
         await again.aread()
         await again.aclose()
@@ -440,6 +444,3 @@ async def test_a_closed_response_keeps_no_aiohttp_objects_alive() -> None:
     assert after_close is None
     assert in_use == 0
     assert again.status_code == 201
-
-
-_POOL_TIMEOUT = {"timeout": {"pool": 1.0}}

@@ -168,7 +168,13 @@ def _request_to(url: str) -> httpcore.Request:
 
 @pytest.mark.parametrize(
     ("pool_class", "closes_it"),
-    [(ReclaimingAsyncPool, False), (httpcore.AsyncConnectionPool, True)],
+    [
+        (ReclaimingAsyncPool, False),
+        # httpcore's own pool shows the flaw: once a release of httpcore
+        # fixes encode/httpcore#1110, this case fails, and the mixin
+        # that works around it can go.
+        (httpcore.AsyncConnectionPool, True),
+    ],
 )
 async def test_a_pass_keeps_a_connection_handed_to_a_waiting_request(
     pool_class: type[httpcore.AsyncConnectionPool], closes_it: bool
