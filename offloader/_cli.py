@@ -416,12 +416,6 @@ def create_app() -> Any:
 
     This is uvicorn's app factory: each worker process calls it.
     """
-    from .hooks.asgi import (
-        DEFAULT_BACKEND_LIMITS,
-        DEFAULT_OFFLOAD_LIMITS,
-        OffloadProxy,
-    )
-
     config = json.loads(os.environ[CONFIG_ENV])
     _configure_logging(config["log_level"])
     # Each worker process is the command's own, so its collector may be
@@ -433,8 +427,43 @@ def create_app() -> Any:
         if config["allow_any_host"]
         else (backend.host, *config["allow_hosts"])
     )
+    return build_proxy(
+        backend,
+        engine=config.get("engine", "aiohttp"),
+        hosts=hosts,
+        offload_timeout=config["offload_timeout"],
+        max_offloads=config["max_offloads"],
+        max_requests=config["max_requests"],
+        preserve_host=config["preserve_host"],
+        metrics=config["metrics"],
+    )
+
+
+def build_proxy(
+    backend: httpx.URL,
+    *,
+    engine: str = "aiohttp",
+    hosts: Sequence[str] | None = None,
+    offload_timeout: float = 30.0,
+    max_offloads: int | None = None,
+    max_requests: int | None = None,
+    preserve_host: bool = False,
+    metrics: bool = False,
+) -> Any:
+    """Build the `OffloadProxy` of ``offloader serve`` (and of the demo).
+
+    *engine* is ``"aiohttp"`` (falling back to ``"httpx"`` when aiohttp
+    is not installed) or ``"httpx"``; *hosts* are the hosts offloads may
+    go to, `None` for any.
+    """
+    from .hooks.asgi import (
+        DEFAULT_BACKEND_LIMITS,
+        DEFAULT_OFFLOAD_LIMITS,
+        OffloadProxy,
+    )
+
     policy = DestinationPolicy(hosts=hosts)
-    engine = _available_engine(config.get("engine", "aiohttp"))
+    engine = _available_engine(engine)
     # The offloader checks each offload's scheme, host and port with the
     # policy before it hands the request to any transport; the aiohttp
     # transport checks the resolved addresses, should the policy have
@@ -447,16 +476,17 @@ def create_app() -> Any:
             AiohttpTransport(limits=DEFAULT_BACKEND_LIMITS),
             AiohttpTransport(limits=DEFAULT_OFFLOAD_LIMITS, policy=policy),
         )
-    seconds = config["offload_timeout"]
     offloader = Offloader(
         async_transport=transports[1] if transports else None,
-        timeout=httpx.Timeout(seconds, connect=min(seconds, 5.0)),
-        deadline=seconds,
+        timeout=httpx.Timeout(
+            offload_timeout, connect=min(offload_timeout, 5.0)
+        ),
+        deadline=offload_timeout,
         limits=DEFAULT_OFFLOAD_LIMITS,
-        max_offloads=config["max_offloads"],
+        max_offloads=max_offloads,
         policy=policy,
     )
-    if config["metrics"]:
+    if metrics:
         from .metrics import instrument
 
         instrument(offloader)
@@ -477,8 +507,8 @@ def create_app() -> Any:
         backend,
         offloader=offloader,
         backend_transport=transports[0] if transports else None,
-        preserve_host=config["preserve_host"],
-        max_requests=config["max_requests"],
+        preserve_host=preserve_host,
+        max_requests=max_requests,
     )
 
 

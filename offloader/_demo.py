@@ -7,7 +7,8 @@ Three servers start in this process, each on 127.0.0.1 and a free port:
   slow service itself; ``/offload`` answers at once, asking the proxy to
   make that one-second call instead;
 - the slow service, which answers after one second;
-- the offloading proxy in front of the backend.
+- the offloading proxy in front of the backend, built as ``offloader
+  serve`` builds it (on aiohttp's client when it is installed).
 
 The demo then sends requests straight to ``/blocking`` and many more
 through the proxy to ``/offload``, all at once, and prints a table.
@@ -27,7 +28,7 @@ from typing import Any, Literal, TextIO
 
 import httpx
 
-from .hooks.asgi import OffloadProxy
+from ._cli import build_proxy
 
 __all__ = ["run_demo"]
 
@@ -218,6 +219,14 @@ class _Result:
         )
 
 
+def _proxy(backend_url: str) -> Any:
+    """The proxy `offloader serve` would run in front of *backend_url*:
+    on aiohttp's client if it is installed, offloading only to the
+    backend's own host."""
+    backend = httpx.URL(backend_url)
+    return build_proxy(backend, hosts=(backend.host,))
+
+
 def run_demo(
     *,
     blocking: int = 40,
@@ -240,11 +249,10 @@ def run_demo(
         f"Starting a backend with {SLOTS} worker slots, a slow service "
         f"({LATENCY:g} s per call) and the proxy on 127.0.0.1...\n"
     )
-    # By default the proxy offloads only to its backend's host.
     with (
         _serving(_SlowService()) as slow_url,
         _serving(_Backend(slow_url + "/work")) as backend_url,
-        _serving(OffloadProxy(backend_url), lifespan="on") as proxy_url,
+        _serving(_proxy(backend_url), lifespan="on") as proxy_url,
     ):
         direct = asyncio.run(
             _load(

@@ -35,3 +35,21 @@ def test_demo_runs_to_completion_and_prints_the_table() -> None:
         assert match is not None, result.stdout
         rows[label] = int(match[1])
     assert rows == {"backend alone (blocking)": 40, "through offloader": 400}
+
+
+def test_the_demo_runs_the_proxy_offloader_serve_runs() -> None:
+    """The demo's proxy is built as ``offloader serve`` builds it: on
+    aiohttp's client (installed with the server extra), offloading
+    only to the backend's own host."""
+    import asyncio
+
+    from offloader._aiohttp_transport import AiohttpTransport
+    from offloader._demo import _proxy
+
+    proxy = _proxy("http://127.0.0.1:9")
+    try:
+        assert isinstance(proxy.backend_transport, AiohttpTransport)
+        assert isinstance(proxy.offloader._async_transport, AiohttpTransport)
+        assert proxy.offloader.policy.hosts == ("127.0.0.1",)
+    finally:
+        asyncio.run(proxy.aclose())
