@@ -24,11 +24,14 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import httpx
 
 from ._cli import build_proxy
+
+if TYPE_CHECKING:
+    from .hooks.asgi import OffloadProxy
 
 __all__ = ["run_demo"]
 
@@ -219,7 +222,7 @@ class _Result:
         )
 
 
-def _proxy(backend_url: str) -> Any:
+def _proxy(backend_url: str) -> OffloadProxy:
     """The proxy `offloader serve` would run in front of *backend_url*:
     on aiohttp's client if it is installed, offloading only to the
     backend's own host."""

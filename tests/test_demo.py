@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+
+from offloader._aiohttp_transport import AiohttpTransport
+from offloader._demo import _proxy
 
 
 def test_demo_runs_to_completion_and_prints_the_table() -> None:
@@ -41,11 +45,6 @@ def test_the_demo_runs_the_proxy_offloader_serve_runs() -> None:
     """The demo's proxy is built as ``offloader serve`` builds it: on
     aiohttp's client (installed with the server extra), offloading
     only to the backend's own host."""
-    import asyncio
-
-    from offloader._aiohttp_transport import AiohttpTransport
-    from offloader._demo import _proxy
-
     proxy = _proxy("http://127.0.0.1:9")
     try:
         assert isinstance(proxy.backend_transport, AiohttpTransport)
