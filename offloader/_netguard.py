@@ -29,7 +29,9 @@ path cancels the whole exchange at the deadline instead.)
 **Pools.** The async pool closes the connections that cancelled
 requests orphan (see `ReclaimingAsyncPool`), and the async transports
 spread their connections over several pools (see
-`ShardedAsyncTransport`).
+`ShardedAsyncTransport`). Both pools send an idempotent request once
+more on a new connection when the reused one it went out on turns out
+to be closed (see `_StaleConnectionRetry`).
 
 This module imports httpcore, so the offloader loads it only when it
 makes its first transport.
@@ -37,7 +39,9 @@ makes its first transport.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
+import logging
 import socket
 import ssl
 import time
@@ -53,6 +57,8 @@ from ._errors import DestinationRefused
 
 if TYPE_CHECKING:
     from ._policy import DestinationPolicy
+
+logger = logging.getLogger("offloader")
 
 __all__ = [
     "POOL_SHARDS",
@@ -453,17 +459,184 @@ def _closed_by_server(connection: Any) -> bool:
         return False
 
 
+# -- a request on a connection the server has just closed -------------------
+
+#: Whether the current task (or thread) opened a connection since its
+#: request entered the pool. httpcore opens a pooled connection in the
+#: task of the request it is for, when that request starts on it; so
+#: after a failed request, `False` means it went out on a connection that
+#: an earlier request had used.
+_opened_connection: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "offloader_opened_connection", default=False
+)
+
+#: The methods RFC 9110 defines as idempotent: a client may send them
+#: again when the connection closes before their answer (RFC 9112,
+#: section 9.3.1).
+IDEMPOTENT_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+)
+
+# What httpcore's HTTP/1.1 connection raises when the server closes it
+# before sending any of the response.
+_DISCONNECTED = "Server disconnected without sending a response."
+
+
+def _is_stale_connection_retry(
+    request: httpcore.Request, error: BaseException
+) -> bool:
+    """Whether *request*, which failed with *error*, should be sent once
+    more on a new connection.
+
+    Yes only when all of these hold: the connection closed under it
+    before any answer (a reset, a failed write, or an orderly close); the
+    connection was a reused one; the method is idempotent; and the body
+    is in memory, so that it can be sent again. This is the race of a
+    server closing an idle keep-alive connection at the moment a request
+    goes out on it: the server did not see that request (or, for an
+    idempotent method, seeing it twice does no harm). A connection opened
+    for the request that fails this way is a server failing for real, and
+    its error is raised as it is.
+    """
+    if _opened_connection.get():
+        return False
+    if request.method.decode("latin-1") not in IDEMPOTENT_METHODS:
+        return False
+    if not isinstance(request.stream, httpx.ByteStream):
+        return False
+    if isinstance(error, httpcore.RemoteProtocolError):
+        # Limitation: told apart by httpcore's message; should it change,
+        # such a close is raised as it is, as before this retry existed.
+        return str(error) == _DISCONNECTED
+    return isinstance(error, (httpcore.ReadError, httpcore.WriteError))
+
+
+def log_retry(method: str, url: str, error: BaseException) -> None:
+    """Log at DEBUG that a request is sent again, and why."""
+    logger.debug(
+        "sending %s %s again on a new connection: the reused one was "
+        "closed under it (%r)",
+        method,
+        url,
+        error,
+    )
+
+
+def _log_retry(request: httpcore.Request, error: BaseException) -> None:
+    log_retry(
+        request.method.decode("latin-1"),
+        bytes(request.url).decode("latin-1"),
+        error,
+    )
+
+
+class _NotesNewConnections(httpcore.NetworkBackend):
+    """A sync network backend that records in `_opened_connection` that
+    the current thread opened a connection."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        _opened_connection.set(True)
+        return self._backend.connect_tcp(
+            host, port, timeout, local_address, socket_options
+        )
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        _opened_connection.set(True)
+        return self._backend.connect_unix_socket(path, timeout, socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _AsyncNotesNewConnections(httpcore.AsyncNetworkBackend):
+    """The async twin of `_NotesNewConnections`, for the current task."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        _opened_connection.set(True)
+        return await self._backend.connect_tcp(
+            host, port, timeout, local_address, socket_options
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        _opened_connection.set(True)
+        return await self._backend.connect_unix_socket(
+            path, timeout, socket_options
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
 class GuardedSyncPool(_KeepsAssignedConnections, httpcore.ConnectionPool):
     """httpcore's sync pool, minus the race `_KeepsAssignedConnections`
-    describes (threads meet it as tasks do)."""
+    describes (threads meet it as tasks do), sending an idempotent request
+    once more when the reused connection it went out on was closed under
+    it (see `_is_stale_connection_retry`).
+
+    httpcore's own pool raises such a failure, although the server only
+    closed an idle connection, as servers do after their keep-alive
+    timeout (uvicorn's is 5 s, gunicorn's 2 s): the close may cross the
+    request on the wire. Clients that keep connections alive for long,
+    such as Go's and NGINX's, send the request again in this one case.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        backend = (
+            options.pop("network_backend", None) or httpcore.SyncBackend()
+        )
+        super().__init__(
+            network_backend=_NotesNewConnections(backend), **options
+        )
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        _opened_connection.set(False)
+        try:
+            return super().handle_request(request)
+        except Exception as exc:
+            if not _is_stale_connection_retry(request, exc):
+                raise
+            _log_retry(request, exc)
+        _opened_connection.set(False)
+        return super().handle_request(request)
 
 
 class ReclaimingAsyncPool(
     _KeepsAssignedConnections, httpcore.AsyncConnectionPool
 ):
     """An httpcore pool that closes the connections a cancellation
-    orphans, and keeps those it has handed to a request (see
-    `_KeepsAssignedConnections`).
+    orphans, keeps those it has handed to a request (see
+    `_KeepsAssignedConnections`), and sends a request again when
+    `GuardedSyncPool` would.
 
     httpcore 1.0 leaks a connection when a request is cancelled after the
     pool gave it a new connection but before the request started on it
@@ -474,9 +647,26 @@ class ReclaimingAsyncPool(
     every connection that no request owns and that is not idle.
     """
 
+    def __init__(self, **options: Any) -> None:
+        backend = (
+            options.pop("network_backend", None) or httpcore.AnyIOBackend()
+        )
+        super().__init__(
+            network_backend=_AsyncNotesNewConnections(backend), **options
+        )
+
     async def handle_async_request(
         self, request: httpcore.Request
     ) -> httpcore.Response:
+        _opened_connection.set(False)
+        try:
+            return await super().handle_async_request(request)
+        except BaseException as exc:
+            await self._reclaim_orphans()
+            if not _is_stale_connection_retry(request, exc):
+                raise
+            _log_retry(request, exc)
+        _opened_connection.set(False)
         try:
             return await super().handle_async_request(request)
         except BaseException:

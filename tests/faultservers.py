@@ -36,6 +36,7 @@ __all__ = [
     "RawServer",
     "call",
     "closed_port",
+    "closes_reused",
     "directing_backend",
     "raw_server",
     "read_head",
@@ -292,6 +293,32 @@ def ok(body: bytes = b"ok", extra: bytes = b"") -> Behaviour:
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
                 % (len(body), extra, body)
             )
+
+    return behaviour
+
+
+def closes_reused(orderly: bool = True, first: bool = False) -> Behaviour:
+    """Answer the first request of each connection with 200 and keep the
+    connection open; when the next request's head arrives, close without
+    answering it: the moment a server's keep-alive timeout closes an idle
+    connection just as a request goes out on it. *orderly* closes with a
+    FIN, otherwise with a reset; *first* fails the first request too."""
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        head = read_head(conn, server)
+        if not head:
+            return
+        if not first:
+            body = b"" if head.startswith(b"HEAD ") else b"ok"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body
+            )
+            if not read_head(conn, server):
+                return
+        if orderly:
+            conn.shutdown(socket.SHUT_RDWR)
+        else:
+            reset(conn)
 
     return behaviour
 
