@@ -22,6 +22,7 @@ import collections
 import contextlib
 import contextvars
 import functools
+import logging
 import socket
 import ssl
 import struct
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from ._policy import DestinationPolicy
 
 __all__ = ["AiohttpTransport"]
+
+logger = logging.getLogger("offloader")
 
 # aiohttp frames the body itself: a Transfer-Encoding from the request
 # would clash with the framing it chooses.
@@ -101,6 +104,35 @@ class _Handler(aiohttp.client_proto.ResponseHandler):
             self.abort()
         else:
             super().close()
+
+
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request, whose body writer never ends with an error
+    nobody reads.
+
+    aiohttp writes a body in a task of its own and reports a failure to
+    write it through the response, which fails too, since the writer
+    closes the connection. Only the last step, the end of the body, can
+    fail after the response has already failed or been read in full
+    (the server closed the connection as the body ended): the task then
+    ends with an error that no one collects, which asyncio logs as
+    "Task exception was never retrieved". Such an error tells nothing
+    the response has not: it is logged at DEBUG and dropped.
+    """
+
+    async def write_bytes(self, *args: Any, **kwargs: Any) -> None:
+        # Limitation: `write_bytes` is a public method of aiohttp's but
+        # not a documented one; its arguments changed in 3.11, hence
+        # *args.
+        try:
+            await super().write_bytes(*args, **kwargs)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            logger.debug(
+                "the connection closed as the body of %s %s ended: %r",
+                self.method,
+                self.url,
+                exc,
+            )
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -483,6 +515,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             trust_env=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None),
+            request_class=_Request,
         )
         # aiohttp sends an idempotent request a second time when the
         # server drops the connection before answering, even when that

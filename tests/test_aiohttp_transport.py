@@ -444,3 +444,51 @@ async def test_a_closed_response_keeps_no_aiohttp_objects_alive() -> None:
     assert after_close is None
     assert in_use == 0
     assert again.status_code == 201
+
+
+async def test_a_body_whose_end_cannot_be_written_leaves_no_task_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that closes the connection just as a streamed body ends
+    fails the request; the writer task aiohttp sends the body from ends
+    without an error nobody reads ("Task exception was never
+    retrieved"), and the drop is logged at DEBUG."""
+    import aiohttp.http_writer
+
+    write_eof = aiohttp.http_writer.StreamWriter.write_eof
+
+    async def closed_first(self: Any, chunk: bytes = b"") -> None:
+        # The server's close lands between the last chunk and the end.
+        self._protocol.transport.close()
+        await write_eof(self, chunk)
+
+    monkeypatch.setattr(
+        aiohttp.http_writer.StreamWriter, "write_eof", closed_first
+    )
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"the whole body"
+
+    transport = AiohttpTransport()
+    caplog.set_level("DEBUG", logger="offloader")
+    try:
+        with serve(echo_app) as server:
+            request = httpx.Request("PUT", server.url, content=chunks())
+            with pytest.raises(httpx.TransportError):
+                await transport.handle_async_request(request)
+            await transport.aclose()
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert unhandled == []
+    assert any(
+        "the connection closed as the body of PUT" in record.getMessage()
+        for record in caplog.records
+    )
