@@ -80,8 +80,13 @@ Send: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _Timeouts: TypeAlias = httpx.Timeout | float | None
 
 #: Timeouts of backend requests. A backend that offloads answers at once;
-#: one that does the work itself may take a while.
-DEFAULT_BACKEND_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=5.0)
+#: one that does the work itself may take a while. A request waits up to
+#: 15 s for one of the backend connections (`DEFAULT_BACKEND_LIMITS`): a
+#: burst of thousands of requests queues there while the proxy's core
+#: works through it, which took about 5 s for 9,000 requests at once on
+#: the bench's machine (a 5 s wait turned some of them into 503s).
+#: `OffloadProxy`'s *max_requests* still bounds that queue.
+DEFAULT_BACKEND_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=15.0)
 
 #: The proxy's pool of backend connections. A backend that offloads
 #: answers at once, so few connections serve many requests; the cap keeps
