@@ -31,7 +31,7 @@ requests orphan (see `ReclaimingAsyncPool`), and the async transports
 spread their connections over several pools (see
 `ShardedAsyncTransport`). Both pools send an idempotent request once
 more on a new connection when the reused one it went out on turns out
-to be closed (see `_StaleConnectionRetry`).
+to be closed (see `_is_stale_connection_retry`).
 
 This module imports httpcore, so the offloader loads it only when it
 makes its first transport.
