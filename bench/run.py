@@ -731,11 +731,20 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def table(summary: dict[str, dict[str, Any]]) -> str:
+def _size(count: float) -> str:
+    """A byte count as the tables name it: 1 GiB, 128 MiB."""
+    return f"{count / GIB:g} GiB" if count >= GIB else f"{count / 2**20:g} MiB"
+
+
+def table(summary: dict[str, dict[str, Any]], plan: dict[str, Any]) -> str:
+    """The main table; its headings give the run's own plan."""
     lines = [
-        "| system | req/s at L=0 ms, C=64 | CPU per request "
-        "| req/s per core | memory per held offload (C=5000, L=10 s) "
-        "| efficiency at C=1000, L=1 s | p99 |",
+        f"| system | req/s at L=0 ms, C={plan['rps_connections']} "
+        "| CPU per request | req/s per core "
+        f"| memory per held offload (C={plan['hold_connections']}, "
+        f"L={plan['hold_latency']:g} s) "
+        f"| efficiency at C={plan['eff_connections']}, "
+        f"L={plan['eff_latency']:g} s | p99 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
@@ -754,10 +763,13 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def stream_table(summary: dict[str, dict[str, Any]]) -> str:
+def stream_table(
+    summary: dict[str, dict[str, Any]], plan: dict[str, Any]
+) -> str:
+    size = _size(plan["stream_bytes"])
     lines = [
-        "| system | 1 GiB response: MB/s | peak growth "
-        "| 1 GiB forwarded body: MB/s | peak growth |",
+        f"| system | {size} response: MB/s | peak growth "
+        f"| {size} forwarded body: MB/s | peak growth |",
         "|---|---|---|---|---|",
     ]
     for name, row in summary.items():
@@ -927,9 +939,11 @@ def report(results: dict[str, Any], out: Path) -> None:
         if name in all_systems() and all_systems()[name].forwards_body
     }
     print()
-    print(table(results["summary"]))
+    # Runs saved before the plan was recorded were full runs.
+    plan = {**vars(Plan()), **results.get("plan", {})}
+    print(table(results["summary"], plan))
     print()
-    print(stream_table(results["summary"]))
+    print(stream_table(results["summary"], plan))
     print()
     print(json.dumps(results["ratios"], indent=2))
     if "micro" in results:
