@@ -131,10 +131,10 @@ async def _measure(
 ) -> dict[str, Any]:
     import uvicorn
 
+    from bench.run import free_port
+
     app = _make_app(system, f"http://127.0.0.1:{backend_port}")
-    with contextlib.closing(__import__("socket").socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, loop="none",

@@ -25,7 +25,9 @@ from offloader import (
     OffloadRequestFailed,
     OffloadTimeout,
 )
+from offloader._netguard import make_async_transport
 from offloader.hooks import asgi
+from offloader.hooks.aiohttp import AiohttpTransport
 from offloader.hooks.asgi import (
     OffloadProxy,
     backend_request,
@@ -451,6 +453,39 @@ async def test_too_many_requests_give_503_at_once(
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "3"
     assert [r.status_code for r in answered] == [200, 200]
+
+
+@pytest.mark.anyio
+async def test_a_request_waits_past_5_s_for_a_backend_connection(
+    offload_server: RunningServer, engine: str
+) -> None:
+    """With every backend connection busy, a request waits for one
+    (`DEFAULT_BACKEND_TIMEOUT`'s pool timeout, 15 s) rather than getting
+    503 after 5 s: a burst queues there while the proxy works through
+    it."""
+    one = httpx.Limits(max_connections=1)
+    transport: httpx.AsyncBaseTransport = (
+        AiohttpTransport(limits=one)
+        if engine == "aiohttp"
+        else make_async_transport(DestinationPolicy(), one)
+    )
+    # The slow service stands in for a backend whose answer takes 6 s.
+    with running_proxy(
+        offload_server.url, engine, backend_transport=transport
+    ) as (server, proxy):
+        async with httpx.AsyncClient(timeout=30) as client:
+            busy = asyncio.ensure_future(
+                client.get(server.url + "/slow?delay=6")
+            )
+            await wait_for(lambda: proxy.active == 1)
+            started = time.monotonic()
+            waiting = await client.get(server.url + "/slow?delay=0")
+            waited = time.monotonic() - started
+            first = await busy
+
+    assert first.status_code == 200
+    assert waiting.status_code == 200
+    assert waited > 5.0
 
 
 def test_default_max_requests_leaves_descriptors_for_the_backend_pool(
